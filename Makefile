@@ -1,0 +1,45 @@
+# Quickstart: `make demo` and `make test` (each sets up .venv first if needed).
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SHARED ?= ../shared/data
+DEMO_OUT ?= runs/demo
+# The seed protocol: corpus = positives of the first 5,000 rows, the first 100 queries.
+DEMO_LOCAL := $(SHARED)/msmarco-dev/dev.jsonl
+DEMO_DATASET := $(if $(wildcard $(DEMO_LOCAL)),$(DEMO_LOCAL),namespace-Pt/msmarco)
+export RAY_USAGE_STATS_ENABLED ?= 0
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup demo test lint format bench clean
+
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first, pinned: an unpinned torch pulls a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt -c constraints.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/rerank-ray run --dataset $(DEMO_DATASET) --corpus-rows 5000 --num-queries 100 \
+		--embedder minilm --reranker none --top-k 100 --out $(DEMO_OUT)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check rerank_ray jobs tests bench
+	$(VENV)/bin/ruff format --check rerank_ray jobs tests bench
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format rerank_ray jobs tests bench
+	$(VENV)/bin/ruff check --fix rerank_ray jobs tests bench
+
+bench: $(STAMP)
+	$(PY) bench/embed_throughput.py --passages 2000
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,201 @@
+"""``rerank-ray``: one parser → a typed :class:`RunConfig` → :mod:`rerank_ray.pipeline`.
+
+Subcommands:
+    run       every stage: prepare, embed, retrieve, evaluate
+    embed     prepare the data and embed corpus and queries into a run directory
+    retrieve  exact top-k over the run's embeddings
+    evaluate  metrics, metrics.json and report.md from the run's retrieval.parquet
+
+A stage run on an existing run directory takes the config recorded in its manifest;
+options given on the command line override it.
+
+Example:
+    $ rerank-ray run --dataset ../shared/data/msmarco-dev/dev.jsonl --corpus-rows 5000 \\
+        --num-queries 100 --embedder minilm --reranker none --out runs/seed
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from rerank_ray.config import DEFAULT_EMBEDDER, DEFAULT_TOP_K, RunConfig
+from rerank_ray.errors import UserError
+
+#: Parser destination → dotted path in :class:`RunConfig`.
+OPTION_PATHS = {
+    "dataset": "data.dataset",
+    "split": "data.split",
+    "corpus_rows": "data.corpus_rows",
+    "num_queries": "data.num_queries",
+    "corpus": "data.corpus",
+    "queries": "data.queries",
+    "qrels": "data.qrels",
+    "embedder": "embedder",
+    "pooling": "embedding.pooling",
+    "query_max_length": "embedding.query_max_length",
+    "passage_max_length": "embedding.passage_max_length",
+    "query_instruction": "embedding.query_instruction",
+    "normalize": "embedding.normalize",
+    "batch_size": "embedding.batch_size",
+    "max_tokens_per_batch": "embedding.max_tokens_per_batch",
+    "reranker": "reranker",
+    "top_k": "top_k",
+    "address": "compute.address",
+    "num_actors": "compute.num_actors",
+    "num_gpus_per_actor": "compute.num_gpus_per_actor",
+    "rows_per_call": "compute.rows_per_call",
+}
+
+STAGE_COMMANDS = {
+    "run": ("prepare", "embed", "retrieve", "evaluate"),
+    "embed": ("prepare", "embed"),
+    "retrieve": ("retrieve",),
+    "evaluate": ("evaluate",),
+}
+
+
+def _options_parser() -> argparse.ArgumentParser:
+    # Every default is SUPPRESS so that only options the user typed override a manifest.
+    parser = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--dataset",
+        metavar="SRC",
+        help="namespace-Pt/msmarco schema: Hub name or .jsonl/.json/.parquet",
+    )
+    data.add_argument("--split", help="split of a Hub dataset (default: dev)")
+    data.add_argument(
+        "--corpus-rows", type=int, metavar="N", help="corpus = unique positives of the first N rows"
+    )
+    data.add_argument("--num-queries", type=int, metavar="M", help="queries = the first M rows")
+    data.add_argument(
+        "--corpus", metavar="SRC", help="collection.tsv (pid\\ttext), Parquet, JSONL or Hub corpus"
+    )
+    data.add_argument("--queries", metavar="SRC", help="queries.tsv (qid\\ttext)")
+    data.add_argument("--qrels", metavar="SRC", help="TREC qrels: qid 0 pid relevance")
+    model = parser.add_argument_group("embedding model")
+    model.add_argument(
+        "--embedder",
+        metavar="MODEL",
+        help=f"Hub name, local directory or 'minilm' (default: {DEFAULT_EMBEDDER})",
+    )
+    model.add_argument(
+        "--pooling", choices=("cls", "mean"), help="default: from the model (1_Pooling), else cls"
+    )
+    model.add_argument("--query-max-length", type=int, metavar="TOKENS")
+    model.add_argument("--passage-max-length", type=int, metavar="TOKENS")
+    model.add_argument("--query-instruction", metavar="TEXT", help="text put before every query")
+    model.add_argument(
+        "--no-normalize", dest="normalize", action="store_false", help="keep vectors unnormalized"
+    )
+    model.add_argument(
+        "--batch-size", type=int, metavar="N", help="most texts per forward pass (default: 64)"
+    )
+    model.add_argument(
+        "--max-tokens-per-batch", type=int, metavar="N", help="most padded tokens per forward pass"
+    )
+    run = parser.add_argument_group("run")
+    run.add_argument("--reranker", metavar="MODEL", help="cross-encoder, or none (default: none)")
+    run.add_argument(
+        "--top-k",
+        type=int,
+        metavar="K",
+        help=f"passages retrieved per query (default: {DEFAULT_TOP_K})",
+    )
+    run.add_argument("--out", "--run", dest="out", metavar="RUN_DIR", help="the run directory")
+    compute = parser.add_argument_group("compute")
+    compute.add_argument("--address", help="existing Ray cluster; default: embedded local Ray")
+    compute.add_argument(
+        "--num-actors", type=int, metavar="N", help="model replicas (default: one per GPU, else 1)"
+    )
+    compute.add_argument("--num-gpus-per-actor", type=float, metavar="G")
+    compute.add_argument(
+        "--rows-per-call", type=int, metavar="N", help="rows per actor call (default: 1024)"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only the result")
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser shared by the ``rerank-ray`` script and the ``jobs/`` entrypoints."""
+    parser = argparse.ArgumentParser(
+        prog="rerank-ray",
+        description="Evaluate embedding retrieval (and reranking) on Ray.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    options = _options_parser()
+    helps = {
+        "run": "run every stage",
+        "embed": "prepare data and embed corpus and queries",
+        "retrieve": "exact top-k over a run's embeddings",
+        "evaluate": "metrics and report from a run's retrieval.parquet",
+    }
+    for name, text in helps.items():
+        commands.add_parser(name, parents=[options], help=text, description=text)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """Turn parsed options into a :class:`RunConfig`, on top of the run's manifest if any."""
+    from rerank_ray.pipeline import load_config
+
+    given = vars(args)
+    if "out" not in given:
+        raise UserError("--out RUN_DIR is required")
+    base = None if args.command == "run" else load_config(given["out"])
+    if base is None:
+        base = RunConfig(out=given["out"])
+    overrides = {OPTION_PATHS[k]: v for k, v in given.items() if k in OPTION_PATHS}
+    overrides["out"] = given["out"]
+    return base.updated(overrides)
+
+
+def _print_summary(config: RunConfig, metrics: dict) -> None:
+    from rerank_ray.pipeline import RunDirectory
+    from rerank_ray.report import metrics_table
+
+    run = RunDirectory(config.out)
+    print()
+    print(f"embedder: {config.embedder}   reranker: {config.reranker}   top-k: {config.top_k}")
+    print(metrics_table(metrics))
+    print(f"report: {run.report_path}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rerank-ray`` script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    quiet = getattr(args, "quiet", False)
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="rerank-ray: %(message)s",
+    )
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        config = config_from_args(args)
+        from rerank_ray.pipeline import Pipeline
+
+        pipeline = Pipeline(config)
+        metrics = None
+        for stage in STAGE_COMMANDS[args.command]:
+            result = getattr(pipeline, stage)()
+            if stage == "evaluate":
+                metrics = result
+        if metrics is not None:
+            _print_summary(config, metrics)
+        else:
+            print(f"{args.command}: done; run directory {pipeline.run.root}")
+    except UserError as error:
+        print(f"rerank-ray: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rerank-ray: interrupted; completed stages are kept", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

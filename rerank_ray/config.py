@@ -1,0 +1,95 @@
+"""Typed configuration of a run: what the CLI builds and every stage reads."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from rerank_ray.datasets import DataConfig
+from rerank_ray.errors import ConfigError
+from rerank_ray.models import EmbedderOptions
+
+DEFAULT_EMBEDDER = "BAAI/bge-m3"
+DEFAULT_TOP_K = 100
+
+
+@dataclass(frozen=True)
+class ComputeConfig:
+    """Where and how wide the model stages run.
+
+    Args:
+        address: An existing Ray cluster (``ray://…``, ``HOST:PORT`` or ``auto``); ``None``
+            starts an embedded local Ray (or joins the one a Ray job runs in).
+        num_actors: Model replicas per stage; ``None``: one per GPU, or one on CPUs.
+        num_gpus_per_actor: GPUs per replica; ``None``: 1 when the cluster has GPUs, else 0.
+        rows_per_call: Rows Ray Data hands each actor call.
+    """
+
+    address: str | None = None
+    num_actors: int | None = None
+    num_gpus_per_actor: float | None = None
+    rows_per_call: int = 1024
+
+    def __post_init__(self):
+        if self.num_actors is not None and self.num_actors < 1:
+            raise ConfigError(f"--num-actors must be at least 1, got {self.num_actors}")
+        if self.rows_per_call < 1:
+            raise ConfigError(f"--rows-per-call must be at least 1, got {self.rows_per_call}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs; serialized as ``config`` in ``manifest.json``.
+
+    Args:
+        out: The run directory.
+        data: Data sources.
+        embedder: Alias, local directory or Hub name of the embedding model.
+        embedding: Embedding options.
+        reranker: Cross-encoder name, or ``none``.
+        top_k: Passages retrieved per query.
+        compute: Ray cluster and actor pool sizes.
+    """
+
+    out: str
+    data: DataConfig = field(default_factory=DataConfig)
+    embedder: str = DEFAULT_EMBEDDER
+    embedding: EmbedderOptions = field(default_factory=EmbedderOptions)
+    reranker: str = "none"
+    top_k: int = DEFAULT_TOP_K
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
+
+    def __post_init__(self):
+        if self.top_k < 1:
+            raise ConfigError(f"--top-k must be at least 1, got {self.top_k}")
+        if self.reranker != "none":
+            raise ConfigError(
+                f"--reranker {self.reranker}: the rerank stage is not available yet; use none"
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunConfig:
+        nested = {"data": DataConfig, "embedding": EmbedderOptions, "compute": ComputeConfig}
+        known = {f.name for f in fields(cls)}
+        values = {}
+        for key, value in data.items():
+            if key not in known:
+                continue
+            values[key] = nested[key](**value) if key in nested else value
+        return cls(**values)
+
+    def updated(self, overrides: dict) -> RunConfig:
+        """A copy with dotted-path overrides applied, e.g. ``{"compute.num_actors": 2}``."""
+        top: dict = {}
+        nested: dict[str, dict] = {}
+        for path, value in overrides.items():
+            section, _, name = path.rpartition(".")
+            if section:
+                nested.setdefault(section, {})[name] = value
+            else:
+                top[name] = value
+        for section, values in nested.items():
+            top[section] = replace(getattr(self, section), **values)
+        return replace(self, **top)

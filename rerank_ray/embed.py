@@ -1,0 +1,221 @@
+"""The embedding stage: a Ray Data actor pool around :class:`rerank_ray.models.Embedder`.
+
+The corpus (or query) table is read as a stream of blocks, each block goes through
+``map_batches`` into a pool of actors that each load the model once, and Ray Data writes the
+vectors as Parquet files ``(pid|qid, embedding: fixed_size_list<float32>[dim])``. The driver
+only plans the job: it never holds texts or vectors.
+
+Example:
+    >>> from rerank_ray.embed import embed_table
+    >>> stats = embed_table("data/corpus.parquet", "embeddings/corpus", role="corpus",
+    ...                     model="minilm", options=EmbedderOptions())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rerank_ray.io import atomic_path
+from rerank_ray.models import Embedder, EmbedderOptions
+
+ID_COLUMN = {"corpus": "pid", "queries": "qid"}
+
+#: Rows handed to an actor per call. Large, so that each call length-sorts many texts and
+#: the per-call overhead is amortised; the actor splits them into token-budgeted batches.
+ROWS_PER_CALL = 1024
+#: Cap on read blocks, to keep Ray Data's planning cheap on an 8.8M-row corpus.
+MAX_READ_BLOCKS = 4096
+
+
+@dataclass(frozen=True)
+class ActorResources:
+    """The actor pool of a model stage.
+
+    Args:
+        actors: Number of actors (model replicas).
+        num_gpus_per_actor: GPUs each actor reserves (0 on CPU-only clusters).
+        num_cpus_per_actor: CPUs each actor reserves from Ray.
+        threads_per_actor: torch intra-op threads in each CPU actor.
+    """
+
+    actors: int
+    num_gpus_per_actor: float
+    num_cpus_per_actor: float
+    threads_per_actor: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def plan_resources(
+    actors: int | None = None, gpus_per_actor: float | None = None
+) -> ActorResources:
+    """Size an actor pool from the connected Ray cluster's resources.
+
+    One actor per GPU when the cluster has GPUs; otherwise one CPU actor whose torch threads
+    use the node's cores (Ray's own reservation stays at 1 CPU so reading and writing tasks
+    can run beside it).
+    """
+    import ray
+
+    cluster = ray.cluster_resources()
+    total_gpus = int(cluster.get("GPU", 0))
+    total_cpus = max(1, int(cluster.get("CPU", 1)))
+    if gpus_per_actor is None:
+        gpus_per_actor = 1.0 if total_gpus else 0.0
+    if actors is None:
+        actors = max(1, int(total_gpus // gpus_per_actor)) if gpus_per_actor else 1
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    cpus_per_node = max(int(n["Resources"].get("CPU", 1)) for n in nodes) if nodes else total_cpus
+    actors_per_node = max(1, -(-actors // max(1, len(nodes))))
+    threads = max(1, cpus_per_node // actors_per_node)
+    return ActorResources(
+        actors=actors,
+        num_gpus_per_actor=gpus_per_actor,
+        num_cpus_per_actor=1.0,
+        threads_per_actor=threads,
+    )
+
+
+class EmbedActor:
+    """The callable class Ray Data runs in each actor: one model, many batches.
+
+    Args:
+        model: Alias, local directory or Hub name (resolved on the actor's node).
+        options: Embedding options.
+        role: ``corpus`` or ``queries`` (picks the id column, max length, instruction).
+        threads: torch intra-op threads for CPU execution.
+    """
+
+    def __init__(self, model: str, options: EmbedderOptions, role: str, threads: int = 1):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.role = role
+        self.id_column = ID_COLUMN[role]
+        self.embedder = Embedder(model, options)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        texts = batch.column("text").to_pylist()
+        if self.role == "queries":
+            vectors = self.embedder.encode_queries(texts)
+        else:
+            vectors = self.embedder.encode_corpus(texts)
+        return pa.table(
+            {self.id_column: batch.column(self.id_column), "embedding": to_fixed_size_list(vectors)}
+        )
+
+
+def to_fixed_size_list(vectors: np.ndarray) -> pa.FixedSizeListArray:
+    """A ``(n, dim)`` float32 array as an Arrow ``fixed_size_list<float32>[dim]`` column."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
+
+
+def embedding_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """The inverse of :func:`to_fixed_size_list`: an Arrow vector column as a 2-D array."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    width = column.type.list_size
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    return values.reshape(-1, width).astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class StageStats:
+    """What a stage reports to the manifest."""
+
+    rows: int
+    wall_seconds: float
+    resources: dict
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "rows": self.rows,
+            "wall_seconds": round(self.wall_seconds, 3),
+            "rows_per_second": round(self.rows_per_second, 3),
+            "resources": self.resources,
+        }
+
+
+def embed_table(
+    table_path: str,
+    output_dir: str,
+    role: str,
+    model: str,
+    options: EmbedderOptions,
+    resources: ActorResources | None = None,
+    rows_per_call: int = ROWS_PER_CALL,
+) -> StageStats:
+    """Embed a normalized ``corpus`` or ``queries`` table into Parquet files under ``output_dir``.
+
+    Args:
+        table_path: Parquet table with the id column and ``text``.
+        output_dir: Directory that receives the embedding files; published atomically.
+        role: ``corpus`` or ``queries``.
+        model: Alias, local directory or Hub name.
+        options: Embedding options.
+        resources: The actor pool; sized from the cluster when ``None``.
+        rows_per_call: Rows per actor call.
+
+    Returns:
+        Rows written, wall time and the resources used.
+    """
+    import ray.data
+    from ray.data import ActorPoolStrategy
+
+    resources = resources or plan_resources()
+    id_column = ID_COLUMN[role]
+    started = time.perf_counter()
+    # Enough blocks that every actor gets work and progress shows, at most one per call.
+    rows = pq.ParquetFile(table_path).metadata.num_rows
+    blocks = min(MAX_READ_BLOCKS, max(resources.actors, -(-rows // rows_per_call)))
+    dataset = ray.data.read_parquet(table_path, override_num_blocks=blocks).select_columns(
+        [id_column, "text"]
+    )
+    vectors = dataset.map_batches(
+        EmbedActor,
+        fn_constructor_kwargs={
+            "model": model,
+            "options": options,
+            "role": role,
+            "threads": resources.threads_per_actor,
+        },
+        batch_format="pyarrow",
+        batch_size=rows_per_call,
+        compute=ActorPoolStrategy(size=resources.actors),
+        num_gpus=resources.num_gpus_per_actor,
+        num_cpus=resources.num_cpus_per_actor,
+    )
+    with atomic_path(output_dir) as tmp_dir:
+        vectors.write_parquet(tmp_dir)
+        rows = _count_rows(tmp_dir)
+    return StageStats(
+        rows=rows, wall_seconds=time.perf_counter() - started, resources=resources.to_dict()
+    )
+
+
+def _count_rows(directory: str) -> int:
+    return sum(
+        pq.ParquetFile(path).metadata.num_rows for path in sorted(embedding_files(directory))
+    )
+
+
+def embedding_files(directory: str) -> list[str]:
+    """The Parquet files of an embeddings directory, in name order."""
+    import os
+
+    return sorted(
+        os.path.join(directory, name)
+        for name in os.listdir(directory)
+        if name.endswith(".parquet") and not name.startswith(".")
+    )

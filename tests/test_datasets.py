@@ -1,0 +1,217 @@
+"""Loaders on each format, on the real ../shared data, and on each kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rerank_ray.datasets import DataConfig, passage_id, prepare_data, read_qrels
+from rerank_ray.errors import DataError
+
+ROWS = [
+    {"query": "q zero", "positive": ["passage A"]},
+    {"query": "q one", "positive": ["passage B", "passage C"]},
+    {"query": "q two", "positive": ["passage A"]},  # A again: one corpus entry
+    {"query": "q three", "positive": ["passage D"]},
+]
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def _tables(prepared):
+    return (
+        pq.read_table(prepared.corpus_path).to_pylist(),
+        pq.read_table(prepared.queries_path).to_pylist(),
+        read_qrels(prepared.qrels_path),
+    )
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "parquet"])
+def test_namespace_pt_schema_in_each_local_format(tmp_path, fmt):
+    source = tmp_path / f"dev.{fmt}"
+    if fmt == "jsonl":
+        _write_jsonl(source, ROWS)
+    elif fmt == "json":
+        source.write_text(json.dumps(ROWS), encoding="utf-8")
+    else:
+        pq.write_table(pa.Table.from_pylist(ROWS), source)
+    prepared = prepare_data(
+        DataConfig(dataset=str(source), corpus_rows=3, num_queries=2), tmp_path / "out"
+    )
+    corpus, queries, qrels = _tables(prepared)
+    assert [r["text"] for r in corpus] == ["passage A", "passage B", "passage C"]
+    assert [r["pid"] for r in corpus] == [
+        passage_id(t) for t in ("passage A", "passage B", "passage C")
+    ]
+    assert queries == [{"qid": "0", "text": "q zero"}, {"qid": "1", "text": "q one"}]
+    assert qrels == {
+        "0": {passage_id("passage A"): 1},
+        "1": {passage_id("passage B"): 1, passage_id("passage C"): 1},
+    }
+    assert (prepared.num_corpus, prepared.num_queries, prepared.num_qrels) == (3, 2, 3)
+    assert pq.read_schema(prepared.qrels_path).field("relevance").type == pa.int32()
+
+
+def test_default_queries_are_the_corpus_rows(tmp_path):
+    source = _write_jsonl(tmp_path / "dev.jsonl", ROWS)
+    prepared = prepare_data(DataConfig(dataset=source), tmp_path / "out")
+    assert (prepared.num_corpus, prepared.num_queries, prepared.num_qrels) == (4, 4, 5)
+
+
+def test_seed_protocol_on_the_real_dev_set(msmarco, tmp_path):
+    config = DataConfig(dataset=str(msmarco / "dev.jsonl"), corpus_rows=5000, num_queries=100)
+    prepared = prepare_data(config, tmp_path)
+    assert (prepared.num_corpus, prepared.num_queries, prepared.num_qrels) == (5000, 100, 100)
+    everything = prepare_data(DataConfig(dataset=str(msmarco / "dev.jsonl")), tmp_path / "all")
+    # ../shared/README.md: two passages are positives of two queries each.
+    assert (everything.num_corpus, everything.num_queries) == (6978, 6980)
+
+
+def test_official_tsv_layout_on_the_real_files(msmarco, tmp_path):
+    config = DataConfig(
+        corpus=str(msmarco / "collection.tsv"),
+        queries=str(msmarco / "queries.tsv"),
+        qrels=str(msmarco / "qrels.tsv"),
+    )
+    prepared = prepare_data(config, tmp_path)
+    assert (prepared.num_corpus, prepared.num_queries) == (6588, 6590)
+    with open(msmarco / "qrels.tsv") as handle:
+        first = handle.readline().split()
+        lines = 1 + sum(1 for _ in handle)
+    assert prepared.num_qrels == lines
+    assert read_qrels(prepared.qrels_path)[first[0]] == {first[2]: int(first[3])}
+
+
+def _tsv_files(tmp_path, collection, queries, qrels):
+    paths = []
+    for name, text in (
+        ("collection.tsv", collection),
+        ("queries.tsv", queries),
+        ("qrels.tsv", qrels),
+    ):
+        path = tmp_path / name
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+        paths.append(str(path))
+    return DataConfig(corpus=paths[0], queries=paths[1], qrels=paths[2])
+
+
+def test_graded_qrels_and_duplicate_identical_rows(tmp_path):
+    config = _tsv_files(
+        tmp_path,
+        "1\tfirst passage\n2\tsecond passage\n2\tsecond passage\n",
+        "10\tquery ten\n",
+        "10 0 1 2\n10\t0\t2\t1\n",
+    )
+    prepared = prepare_data(config, tmp_path / "out")
+    corpus, _, qrels = _tables(prepared)
+    assert [r["pid"] for r in corpus] == ["1", "2"]
+    assert qrels == {"10": {"1": 2, "2": 1}}
+
+
+def test_corpus_table_with_dataset_matches_positives_by_text(tmp_path):
+    source = _write_jsonl(tmp_path / "dev.jsonl", ROWS)
+    corpus = tmp_path / "corpus.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "id": ["7", "8", "9", "10", "11"],
+                "content": ["noise", "passage B", "passage A", "passage C", "passage D"],
+            }
+        ),
+        corpus,
+    )
+    prepared = prepare_data(
+        DataConfig(dataset=source, corpus=str(corpus), num_queries=2), tmp_path / "out"
+    )
+    corpus_rows, queries, qrels = _tables(prepared)
+    assert len(corpus_rows) == 5 and len(queries) == 2
+    assert qrels == {"0": {"9": 1}, "1": {"8": 1, "10": 1}}
+
+
+BAD_TSV = [
+    # (collection, queries, qrels, expected message fragment)
+    ("1\tp\n", "10\tq\n", "10 0 1\n", "qrels.tsv, line 1: expected 4 fields"),
+    ("1\tp\n", "10\tq\n", "10 0 1 x\n", "qrels.tsv, line 1: relevance 'x' is not an integer"),
+    ("1\tp\n", "10\tq\n", "10 0 1 1\n11 0 1 1\n", "qrels.tsv, line 2: qid 11 is not in"),
+    ("1\tp\n", "10\tq\n", "10 0 1 1\n10 0 5 1\n", "qrels.tsv, line 2: pid 5 is not in"),
+    (
+        "1\tp\n1\tother\n",
+        "10\tq\n",
+        "10 0 1 1\n",
+        "collection.tsv, line 2: pid 1 appears twice with different texts",
+    ),
+    (
+        "1\tp\nno tab here\n",
+        "10\tq\n",
+        "10 0 1 1\n",
+        "collection.tsv, line 2: expected 2 tab-separated fields",
+    ),
+    ("1\tp\n", "10\tq\n10\tagain\n", "10 0 1 1\n", "queries.tsv, line 2: qid 10 appears twice"),
+    ("1\tp\n", "10\tq\n", "", "qrels.tsv: file is empty"),
+    ("", "10\tq\n", "10 0 1 1\n", "collection.tsv: file is empty"),
+    (b"1\tcaf\xe9\n", "10\tq\n", "10 0 1 1\n", "collection.tsv, line 1: not valid UTF-8"),
+]
+
+
+@pytest.mark.parametrize("collection,queries,qrels,message", BAD_TSV)
+def test_bad_tsv_input_names_file_and_line_and_leaves_no_table(
+    tmp_path, collection, queries, qrels, message
+):
+    config = _tsv_files(tmp_path, collection, queries, qrels)
+    out = tmp_path / "out"
+    with pytest.raises(DataError) as error:
+        prepare_data(config, out)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+    assert not list(out.glob("*.parquet")) and not [p for p in os.listdir(out) if p.startswith(".")]
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (
+            '{"query": "q", "positive": ["a"]}\n{"query": "q2"}\n',
+            "dev.jsonl, line 2: missing column 'positive'",
+        ),
+        (
+            '{"query": "q", "positive": "a"}\n',
+            "dev.jsonl, line 1: column 'positive' must be a list of strings",
+        ),
+        ('{"query": "q", "positive": ["a"]}\n{not json\n', "dev.jsonl, line 2: not valid JSON"),
+        ("\n\n", "dev.jsonl: no records"),
+    ],
+)
+def test_bad_dataset_rows(tmp_path, content, message):
+    path = tmp_path / "dev.jsonl"
+    path.write_text(content)
+    with pytest.raises(DataError, match=message):
+        prepare_data(DataConfig(dataset=str(path)), tmp_path / "out")
+
+
+def test_missing_file_and_impossible_combinations(tmp_path):
+    with pytest.raises(DataError, match="nope.jsonl: no such file"):
+        prepare_data(DataConfig(dataset=str(tmp_path / "nope.jsonl")), tmp_path)
+    with pytest.raises(DataError, match="missing: --qrels"):
+        prepare_data(DataConfig(corpus="c.tsv", queries="q.tsv"), tmp_path)
+    with pytest.raises(DataError, match="exceeds --corpus-rows"):
+        prepare_data(DataConfig(dataset="d.jsonl", corpus_rows=5, num_queries=6), tmp_path)
+    source = _write_jsonl(tmp_path / "dev.jsonl", ROWS)
+    with pytest.raises(DataError, match="only 4 rows"):
+        prepare_data(DataConfig(dataset=source, corpus_rows=10), tmp_path / "out")
+
+
+def test_positive_missing_from_corpus_table(tmp_path):
+    source = _write_jsonl(tmp_path / "dev.jsonl", ROWS)
+    corpus = tmp_path / "corpus.jsonl"
+    _write_jsonl(corpus, [{"pid": "1", "text": "passage A"}])
+    with pytest.raises(DataError, match="2 of 3 positives .* are not in the corpus"):
+        prepare_data(
+            DataConfig(dataset=source, corpus=str(corpus), num_queries=2), tmp_path / "out"
+        )

@@ -1,0 +1,225 @@
+"""End to end on real ../shared data: the run directory against bare computations.
+
+Bare means FlagModel.encode + numpy + pytrec_eval, computed here independently of the
+pipeline's code paths.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import pytrec_eval
+
+from rerank_ray.cli import main
+from rerank_ray.config import ComputeConfig, RunConfig
+from rerank_ray.datasets import DataConfig
+from rerank_ray.embed import embedding_matrix
+from rerank_ray.pipeline import run_pipeline
+
+METRICS = ("recall@1", "recall@10", "recall@100", "mrr@1", "mrr@10", "ndcg@10")
+
+
+def pytrec_metrics(retrieval_path, qrels_path):
+    """The six metrics by pytrec_eval from retrieval.parquet and the normalized qrels."""
+    qrels: dict = {}
+    for row in pq.read_table(qrels_path).to_pylist():
+        qrels.setdefault(row["qid"], {})[row["pid"]] = row["relevance"]
+    run: dict = {}
+    for row in pq.read_table(retrieval_path).to_pylist():
+        # Scores from ranks: trec_eval breaks score ties its own way; ranks are the truth.
+        run.setdefault(row["qid"], {})[row["pid"]] = 1000.0 - row["rank"]
+    return pytrec_from_run(run, qrels)
+
+
+def pytrec_from_run(run, qrels):
+    evaluator = pytrec_eval.RelevanceEvaluator(qrels, {"recall.1,10,100", "ndcg_cut.10"})
+    full = evaluator.evaluate(run)
+    out = {
+        "recall@1": np.mean([v["recall_1"] for v in full.values()]),
+        "recall@10": np.mean([v["recall_10"] for v in full.values()]),
+        "recall@100": np.mean([v["recall_100"] for v in full.values()]),
+        "ndcg@10": np.mean([v["ndcg_cut_10"] for v in full.values()]),
+    }
+    for k in (1, 10):
+        top = {q: dict(sorted(docs.items(), key=lambda kv: -kv[1])[:k]) for q, docs in run.items()}
+        rr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top)
+        out[f"mrr@{k}"] = np.mean([v["recip_rank"] for v in rr.values()])
+    return out
+
+
+def read_embeddings(directory, id_column):
+    table = pq.read_table(directory)
+    return dict(zip(table[id_column].to_pylist(), embedding_matrix(table["embedding"])))
+
+
+@pytest.fixture(scope="module")
+def seed_run(ray_session, msmarco, tmp_path_factory):
+    """The seed protocol at a size this machine runs in seconds: 400 passages, 60 queries."""
+    out = tmp_path_factory.mktemp("run")
+    config = RunConfig(
+        out=str(out),
+        data=DataConfig(dataset=str(msmarco / "dev.jsonl"), corpus_rows=400, num_queries=60),
+        embedder="minilm",
+        top_k=100,
+        compute=ComputeConfig(rows_per_call=128),  # several actor calls, several output files
+    )
+    metrics = run_pipeline(config)
+    return out, metrics
+
+
+def test_run_directory_contract(seed_run):
+    out, metrics = seed_run
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert list(metrics) == ["retrieval"] and tuple(metrics["retrieval"]) == METRICS
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["embedder"] == "minilm"
+    assert manifest["models"]["embedder"]["fingerprint"].startswith("sha256:")
+    assert manifest["models"]["embedder"]["options"]["pooling"] == "mean"
+    assert manifest["data"]["corpus"]["rows"] == 400 and manifest["data"]["queries"]["rows"] == 60
+    for stage in ("prepare", "embed", "retrieve", "evaluate"):
+        assert manifest["stages"][stage]["wall_seconds"] > 0
+    assert manifest["stages"]["embed"]["resources"]["actors"] == 1
+    assert manifest["stages"]["embed"]["resources"]["num_gpus_per_actor"] == 0
+    assert manifest["versions"]["ray"] == "2.60.0"
+    retrieval = pq.read_table(out / "retrieval.parquet")
+    assert retrieval.schema.names == ["qid", "pid", "rank", "score"]
+    assert retrieval.num_rows == 60 * 100
+    report = (out / "report.md").read_text()
+    assert f"{metrics['retrieval']['mrr@10']:.4f}" in report and "minilm" in report
+
+
+def test_metrics_equal_pytrec_eval_from_the_run_files(seed_run):
+    out, metrics = seed_run
+    reference = pytrec_metrics(out / "retrieval.parquet", out / "data" / "qrels.parquet")
+    for name in METRICS:
+        assert metrics["retrieval"][name] == pytest.approx(reference[name], abs=1e-12), name
+
+
+def test_embeddings_and_retrieval_equal_bare_flagmodel_and_numpy(seed_run):
+    from FlagEmbedding import FlagModel
+
+    out, metrics = seed_run
+    corpus = pq.read_table(out / "data" / "corpus.parquet").to_pydict()
+    queries = pq.read_table(out / "data" / "queries.parquet").to_pydict()
+    model = FlagModel(
+        json.loads((out / "manifest.json").read_text())["models"]["embedder"]["path"],
+        pooling_method="mean",
+        use_fp16=False,
+        devices=["cpu"],
+        passage_max_length=256,
+        query_max_length=256,
+    )
+    bare_corpus = model.encode_corpus(corpus["text"], batch_size=64)
+    bare_queries = model.encode_queries(queries["text"], batch_size=64)
+
+    ours_corpus = read_embeddings(out / "embeddings" / "corpus", "pid")
+    ours_queries = read_embeddings(out / "embeddings" / "queries", "qid")
+    assert len(ours_corpus) == 400 and len(ours_queries) == 60  # one row per id: none lost
+    ours_c = np.stack([ours_corpus[p] for p in corpus["pid"]])
+    ours_q = np.stack([ours_queries[q] for q in queries["qid"]])
+    assert np.min(np.sum(ours_c * bare_corpus, axis=1)) > 0.9999
+    assert np.min(np.sum(ours_q * bare_queries, axis=1)) > 0.9999
+
+    # Bare numpy top-k on the bare embeddings, then pytrec_eval: the same metrics.
+    scores = bare_queries @ bare_corpus.T
+    pids = np.array(corpus["pid"])
+    run = {}
+    for qid, row in zip(queries["qid"], scores):
+        order = np.argsort(-row, kind="stable")[:100]
+        run[qid] = {pids[i]: float(row[i]) for i in order}
+    qrels: dict = {}
+    for row in pq.read_table(out / "data" / "qrels.parquet").to_pylist():
+        qrels.setdefault(row["qid"], {})[row["pid"]] = row["relevance"]
+    bare = pytrec_from_run(run, qrels)
+    for name in METRICS:
+        assert metrics["retrieval"][name] == pytest.approx(bare[name], abs=1e-9), name
+
+    # The pipeline's own top-k equals brute force over its own embeddings.
+    retrieval = pq.read_table(out / "retrieval.parquet").to_pylist()
+    ours_scores = ours_q @ ours_c.T
+    for q, qid in enumerate(queries["qid"]):
+        got = [r for r in retrieval if r["qid"] == qid]
+        expected = np.lexsort((pids, -ours_scores[q]))[:100]
+        assert [r["pid"] for r in sorted(got, key=lambda r: r["rank"])] == pids[expected].tolist()
+
+
+def _tsv_subset(msmarco, directory, num_queries=30, num_passages=250):
+    """The first queries of the official TSV files, their judged passages and some others."""
+    queries = (msmarco / "queries.tsv").read_text(encoding="utf-8").splitlines()[:num_queries]
+    qids = {line.split("\t")[0] for line in queries}
+    qrels = [
+        line
+        for line in (msmarco / "qrels.tsv").read_text(encoding="utf-8").splitlines()
+        if line.split()[0] in qids
+    ]
+    judged = {line.split()[2] for line in qrels}
+    collection = []
+    for line in (msmarco / "collection.tsv").read_text(encoding="utf-8").splitlines():
+        if line.split("\t")[0] in judged or len(collection) < num_passages - len(judged):
+            collection.append(line)
+    paths = {}
+    for name, lines in (("collection", collection), ("queries", queries), ("qrels", qrels)):
+        paths[name] = directory / f"{name}.tsv"
+        paths[name].write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return paths
+
+
+def test_cli_run_on_official_tsv_layout(ray_session, msmarco, tmp_path, capsys):
+    paths = _tsv_subset(msmarco, tmp_path)
+    out = tmp_path / "run"
+    status = main(
+        [
+            "run",
+            "--corpus", str(paths["collection"]),
+            "--queries", str(paths["queries"]),
+            "--qrels", str(paths["qrels"]),
+            "--embedder", "minilm",
+            "--reranker", "none",
+            "--top-k", "20",
+            "--out", str(out),
+            "--quiet",
+        ]
+    )  # fmt: skip
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "| retrieval |" in printed and str(out / "report.md") in printed
+    metrics = json.loads((out / "metrics.json").read_text())["retrieval"]
+    reference = pytrec_metrics(out / "retrieval.parquet", out / "data" / "qrels.parquet")
+    for name in ("recall@1", "recall@10", "mrr@10", "ndcg@10"):
+        assert metrics[name] == pytest.approx(reference[name], abs=1e-12)
+    assert metrics["recall@10"] > 0.5  # real model, real data: far above chance (10 / 250)
+
+    # evaluate alone, on the existing run directory, gives the same numbers
+    (out / "metrics.json").unlink()
+    assert main(["evaluate", "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["retrieval"] == metrics
+
+
+def test_cli_user_error_is_one_line_without_traceback(tmp_path):
+    completed = subprocess.run(
+        [
+            sys.executable, "-m", "rerank_ray.cli", "run",
+            "--corpus", str(tmp_path / "collection.tsv"),
+            "--queries", str(tmp_path / "queries.tsv"),
+            "--qrels", str(tmp_path / "qrels.tsv"),
+            "--embedder", "minilm", "--out", str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert completed.returncode == 2
+    errors = [line for line in completed.stderr.splitlines() if "error" in line.lower()]
+    assert errors == [f"rerank-ray: error: {tmp_path / 'queries.tsv'}: no such file"]
+    assert "Traceback" not in completed.stderr
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_stage_on_a_run_directory_without_its_inputs(tmp_path, capsys):
+    assert main(["retrieve", "--out", str(tmp_path / "empty")]) == 2
+    assert "run the 'embed' stage first" in capsys.readouterr().err
