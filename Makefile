@@ -25,7 +25,7 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/rerank-ray run --dataset $(DEMO_DATASET) --corpus-rows 5000 --num-queries 100 \
-		--embedder minilm --reranker none --top-k 100 --out $(DEMO_OUT)
+		--embedder minilm --reranker minilm-smoke --top-k 100 --out $(DEMO_OUT)
 
 test: $(STAMP)
 	$(PY) -m pytest

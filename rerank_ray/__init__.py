@@ -14,6 +14,8 @@ from rerank_ray.datasets import DataConfig
 from rerank_ray.errors import ConfigError, DataError, UserError
 from rerank_ray.models import EmbedderOptions
 from rerank_ray.pipeline import run_pipeline
+from rerank_ray.rerank import RerankOptions
+from rerank_ray.reranker import Reranker, RerankResult
 
 __all__ = [
     "ComputeConfig",
@@ -21,6 +23,9 @@ __all__ = [
     "DataConfig",
     "DataError",
     "EmbedderOptions",
+    "RerankOptions",
+    "RerankResult",
+    "Reranker",
     "RunConfig",
     "UserError",
     "run_pipeline",

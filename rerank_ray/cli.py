@@ -1,10 +1,11 @@
 """``rerank-ray``: one parser → a typed :class:`RunConfig` → :mod:`rerank_ray.pipeline`.
 
 Subcommands:
-    run       every stage: prepare, embed, retrieve, evaluate
+    run       every stage: prepare, embed, retrieve, rerank, evaluate
     embed     prepare the data and embed corpus and queries into a run directory
     retrieve  exact top-k over the run's embeddings
-    evaluate  metrics, metrics.json and report.md from the run's retrieval.parquet
+    rerank    rescore the run's retrieved passages with a cross-encoder, then evaluate
+    evaluate  metrics.json, report.md and report.png from the run's rankings
 
 A stage run on an existing run directory takes the config recorded in its manifest;
 options given on the command line override it.
@@ -24,6 +25,7 @@ from collections.abc import Sequence
 
 from rerank_ray.config import DEFAULT_EMBEDDER, DEFAULT_TOP_K, RunConfig
 from rerank_ray.errors import UserError
+from rerank_ray.rerank import DEFAULT_RERANKER
 
 #: Parser destination → dotted path in :class:`RunConfig`.
 OPTION_PATHS = {
@@ -42,7 +44,10 @@ OPTION_PATHS = {
     "normalize": "embedding.normalize",
     "batch_size": "embedding.batch_size",
     "max_tokens_per_batch": "embedding.max_tokens_per_batch",
-    "reranker": "reranker",
+    "reranker": "rerank.model",
+    "rerank_top_k": "rerank.top_k",
+    "reranker_max_length": "rerank.max_length",
+    "reranker_batch_size": "rerank.batch_size",
     "top_k": "top_k",
     "address": "compute.address",
     "num_actors": "compute.num_actors",
@@ -51,9 +56,10 @@ OPTION_PATHS = {
 }
 
 STAGE_COMMANDS = {
-    "run": ("prepare", "embed", "retrieve", "evaluate"),
+    "run": ("prepare", "embed", "retrieve", "rerank", "evaluate"),
     "embed": ("prepare", "embed"),
     "retrieve": ("retrieve",),
+    "rerank": ("rerank", "evaluate"),
     "evaluate": ("evaluate",),
 }
 
@@ -98,8 +104,26 @@ def _options_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--max-tokens-per-batch", type=int, metavar="N", help="most padded tokens per forward pass"
     )
+    rerank = parser.add_argument_group("reranker")
+    rerank.add_argument(
+        "--reranker",
+        metavar="MODEL",
+        help="cross-encoder: Hub name, local directory, 'minilm-smoke' (tests only) or none"
+        f" (default: {DEFAULT_RERANKER})",
+    )
+    rerank.add_argument(
+        "--rerank-top-k", type=int, metavar="N", help="rerank the top N retrieved (default: all)"
+    )
+    rerank.add_argument(
+        "--reranker-max-length", type=int, metavar="TOKENS", help="pair token limit (default: 512)"
+    )
+    rerank.add_argument(
+        "--reranker-batch-size",
+        type=int,
+        metavar="N",
+        help="most pairs per forward pass (default: 32)",
+    )
     run = parser.add_argument_group("run")
-    run.add_argument("--reranker", metavar="MODEL", help="cross-encoder, or none (default: none)")
     run.add_argument(
         "--top-k",
         type=int,
@@ -132,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run": "run every stage",
         "embed": "prepare data and embed corpus and queries",
         "retrieve": "exact top-k over a run's embeddings",
-        "evaluate": "metrics and report from a run's retrieval.parquet",
+        "rerank": "rerank a run's retrieved passages, then evaluate",
+        "evaluate": "metrics and report from a run's retrieval (and rerank) results",
     }
     for name, text in helps.items():
         commands.add_parser(name, parents=[options], help=text, description=text)
@@ -155,6 +180,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def _print_summary(config: RunConfig, metrics: dict) -> None:
+    from rerank_ray.models import SMOKE_WARNING, is_smoke_model
     from rerank_ray.pipeline import RunDirectory
     from rerank_ray.report import metrics_table
 
@@ -162,6 +188,8 @@ def _print_summary(config: RunConfig, metrics: dict) -> None:
     print()
     print(f"embedder: {config.embedder}   reranker: {config.reranker}   top-k: {config.top_k}")
     print(metrics_table(metrics))
+    if config.reranks and is_smoke_model(config.reranker):
+        print(f"NOTE: {SMOKE_WARNING}; the rerank row shows the machinery, not a result.")
     print(f"report: {run.report_path}")
 
 

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from rerank_ray.datasets import DataConfig
 from rerank_ray.errors import ConfigError
 from rerank_ray.models import EmbedderOptions
+from rerank_ray.rerank import RerankOptions
 
 DEFAULT_EMBEDDER = "BAAI/bge-m3"
 DEFAULT_TOP_K = 100
@@ -45,7 +46,7 @@ class RunConfig:
         data: Data sources.
         embedder: Alias, local directory or Hub name of the embedding model.
         embedding: Embedding options.
-        reranker: Cross-encoder name, or ``none``.
+        rerank: The cross-encoder (``rerank.model``; ``none`` skips the stage) and its limits.
         top_k: Passages retrieved per query.
         compute: Ray cluster and actor pool sizes.
     """
@@ -54,24 +55,34 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     embedder: str = DEFAULT_EMBEDDER
     embedding: EmbedderOptions = field(default_factory=EmbedderOptions)
-    reranker: str = "none"
+    rerank: RerankOptions = field(default_factory=RerankOptions)
     top_k: int = DEFAULT_TOP_K
     compute: ComputeConfig = field(default_factory=ComputeConfig)
 
     def __post_init__(self):
         if self.top_k < 1:
             raise ConfigError(f"--top-k must be at least 1, got {self.top_k}")
-        if self.reranker != "none":
-            raise ConfigError(
-                f"--reranker {self.reranker}: the rerank stage is not available yet; use none"
-            )
+
+    @property
+    def reranker(self) -> str:
+        """The cross-encoder's name, or ``none``."""
+        return self.rerank.model
+
+    @property
+    def reranks(self) -> bool:
+        return self.rerank.model.lower() != "none"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> RunConfig:
-        nested = {"data": DataConfig, "embedding": EmbedderOptions, "compute": ComputeConfig}
+        nested = {
+            "data": DataConfig,
+            "embedding": EmbedderOptions,
+            "rerank": RerankOptions,
+            "compute": ComputeConfig,
+        }
         known = {f.name for f in fields(cls)}
         values = {}
         for key, value in data.items():

@@ -144,7 +144,7 @@ def passage_id(text: str) -> str:
 
     Example:
         >>> passage_id("hello")
-        'p2cf24dba5fb0a30e'
+        'p2cf24dba5fb0a30'
     """
     return "p" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:15]
 

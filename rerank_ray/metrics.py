@@ -68,7 +68,7 @@ def ndcg_at_k(ranking: Sequence[str], qrels: Mapping[str, int], k: int) -> float
 
     Example:
         >>> round(ndcg_at_k(["b", "a"], {"a": 2, "b": 1}, k=2), 6)  # (1 + 2/log2 3) / (2 + 1/log2 3)
-        0.866947
+        0.859719
     """
     gains = [max(0, qrels.get(pid, 0)) for pid in ranking[:k]]
     dcg = sum(gain / math.log2(i + 2) for i, gain in enumerate(gains))

@@ -8,8 +8,9 @@ A run directory is the contract between stages::
       embeddings/corpus/     Parquet (pid, embedding)
       embeddings/queries/    Parquet (qid, embedding)
       retrieval.parquet      qid, pid, rank, score
-      metrics.json           {"retrieval": {"recall@1": …, …}}
-      report.md
+      rerank.parquet         qid, pid, rank, score, relevance_score, retrieval_rank
+      metrics.json           {"retrieval": {"recall@1": …, …}, "rerank": {…}}
+      report.md, report.png
 
 Each stage reads only what earlier stages wrote there, and publishes its own output
 atomically, so any stage can be re-run alone.
@@ -39,7 +40,7 @@ from rerank_ray.io import discard, read_json, write_json
 
 log = logging.getLogger("rerank_ray")
 
-STAGES = ("prepare", "embed", "retrieve", "evaluate")
+STAGES = ("prepare", "embed", "retrieve", "rerank", "evaluate")
 VERSIONED_PACKAGES = (
     "rerank-ray",
     "ray",
@@ -62,6 +63,8 @@ class RunDirectory:
     corpus_embeddings_dir = property(lambda self: self.root / "embeddings" / "corpus")
     query_embeddings_dir = property(lambda self: self.root / "embeddings" / "queries")
     retrieval_path = property(lambda self: self.root / "retrieval.parquet")
+    rerank_path = property(lambda self: self.root / "rerank.parquet")
+    plot_path = property(lambda self: self.root / "report.png")
     metrics_path = property(lambda self: self.root / "metrics.json")
     report_path = property(lambda self: self.root / "report.md")
     manifest_path = property(lambda self: self.root / "manifest.json")
@@ -133,7 +136,8 @@ class Pipeline:
             "prepare": [run.data_dir],
             "embed": [run.corpus_embeddings_dir, run.query_embeddings_dir],
             "retrieve": [run.retrieval_path],
-            "evaluate": [run.metrics_path, run.report_path],
+            "rerank": [run.rerank_path],
+            "evaluate": [run.metrics_path, run.report_path, run.plot_path],
         }[stage]
 
     def _invalidate_after(self, stage: str) -> None:
@@ -227,35 +231,96 @@ class Pipeline:
 
         self._timed("retrieve", work)
 
+    def rerank(self) -> None:
+        """Rescore the top retrieved passages with the cross-encoder (skipped for ``none``)."""
+        from rerank_ray.embed import plan_resources
+        from rerank_ray.models import RERANKER_ALIASES, resolve_model
+        from rerank_ray.rerank import rerank_candidates
+
+        if not self.config.reranks:
+            self._invalidate_after("retrieve")  # a previous reranker's output no longer applies
+            self.manifest["models"]["reranker"] = None
+            self.run.write_manifest(self.manifest)
+            log.info("stage rerank: skipped (--reranker none)")
+            return
+        self.run.require(self.run.retrieval_path, "retrieve")
+        prepared = self._prepared()
+        reranker = resolve_model(self.config.reranker, RERANKER_ALIASES)
+        self.manifest["models"]["reranker"] = {
+            **reranker.to_dict(),
+            "options": self.config.rerank.to_dict(),
+        }
+        connect_ray(self.config.compute.address)
+        resources = plan_resources(
+            self.config.compute.num_actors, self.config.compute.num_gpus_per_actor
+        )
+
+        def work() -> dict:
+            stats = rerank_candidates(
+                str(self.run.retrieval_path),
+                prepared.corpus_path,
+                prepared.queries_path,
+                str(self.run.rerank_path),
+                self.config.rerank,
+                resources=resources,
+                rows_per_call=self.config.compute.rows_per_call,
+            )
+            return {**stats.to_dict(), "pairs_per_second": round(stats.rows_per_second, 3)}
+
+        self._timed("rerank", work)
+
     def evaluate(self) -> dict:
-        """Metrics from ``retrieval.parquet`` and the qrels; writes metrics.json and report.md."""
+        """Metrics of each stage's rankings; writes metrics.json, report.md and report.png."""
         from rerank_ray.metrics import evaluate
-        from rerank_ray.report import write_report
+        from rerank_ray.report import compare_stages, write_plot, write_report
+        from rerank_ray.rerank import reranked_rankings
         from rerank_ray.search import read_ranking
 
         self.run.require(self.run.retrieval_path, "retrieve")
         prepared = self._prepared()
+        reranked = self.config.reranks and self.run.rerank_path.exists()
+        if self.config.reranks and not reranked:
+            raise ConfigError(f"{self.run.rerank_path}: missing; run the 'rerank' stage first")
         result: dict = {}
+        rankings: dict = {}
 
         def work() -> dict:
             qrels = read_qrels(prepared.qrels_path)
-            evaluation = evaluate(read_ranking(str(self.run.retrieval_path)), qrels)
-            result["retrieval"] = evaluation.metrics
+            rankings["retrieval"] = read_ranking(str(self.run.retrieval_path))
+            if reranked:
+                rankings["rerank"] = reranked_rankings(
+                    str(self.run.rerank_path), str(self.run.retrieval_path)
+                )
+            stats: dict = {}
+            for stage, ranking in rankings.items():
+                evaluation = evaluate(ranking, qrels)
+                result[stage] = evaluation.metrics
+                stats["evaluated_queries"] = evaluation.evaluated_queries
+                stats["queries_without_relevant"] = evaluation.queries_without_relevant
+            if reranked:
+                stats["rerank_effect"] = compare_stages(
+                    rankings["retrieval"], rankings["rerank"], qrels
+                )
             write_json(str(self.run.metrics_path), result)
-            return {
-                "evaluated_queries": evaluation.evaluated_queries,
-                "queries_without_relevant": evaluation.queries_without_relevant,
-            }
+            write_plot(
+                str(self.run.plot_path),
+                rankings,
+                qrels,
+                str(self.run.rerank_path) if reranked else None,
+                self.config.top_k,
+            )
+            return stats
 
         self._timed("evaluate", work)
         write_report(str(self.run.report_path), result, self.manifest)
         return result
 
     def run_all(self) -> dict:
-        """prepare → embed → retrieve → evaluate; returns the metrics."""
+        """prepare → embed → retrieve → rerank → evaluate; returns the metrics."""
         self.prepare()
         self.embed()
         self.retrieve()
+        self.rerank()
         return self.evaluate()
 
 

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from rerank_ray.io import atomic_path
-from rerank_ray.metrics import DEFAULT_METRICS
+from rerank_ray.metrics import DEFAULT_METRICS, parse_metric, recall_at_k, reciprocal_rank_at_k
+
+SMOKE_MODELS = ("minilm-smoke",)
+SMOKE_NOTE = (
+    "**minilm-smoke is a smoke-test reranker (MiniLM encoder + seeded random head): its scores"
+    " and the rerank figures below mean nothing; they only show the machinery works.**"
+)
 
 
 def metrics_table(metrics: dict[str, dict[str, float]]) -> str:
@@ -24,13 +30,74 @@ def metrics_table(metrics: dict[str, dict[str, float]]) -> str:
     for stage, values in metrics.items():
         cells = [f"{values[m]:.4f}" if m in values else "" for m in names]
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    if "retrieval" in metrics and "rerank" in metrics:
+        before, after = metrics["retrieval"], metrics["rerank"]
+        cells = [
+            f"{after[m] - before[m]:+.4f}" if m in after and m in before else "" for m in names
+        ]
+        lines.append("| difference | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def compare_stages(before: dict, after: dict, qrels: dict) -> dict[str, int]:
+    """How many judged queries the second ranking improved, hurt or left unchanged.
+
+    Judged by reciprocal rank of the first relevant passage over the whole ranking.
+
+    Example:
+        >>> compare_stages({"q": ["a", "b"]}, {"q": ["b", "a"]}, {"q": {"b": 1}})
+        {'improved': 1, 'hurt': 0, 'unchanged': 0}
+    """
+    counts = {"improved": 0, "hurt": 0, "unchanged": 0}
+    for qid, judgements in qrels.items():
+        if not any(r >= 1 for r in judgements.values()):
+            continue
+        old, new = before.get(qid, []), after.get(qid, [])
+        rr_old = reciprocal_rank_at_k(old, judgements, max(len(old), 1))
+        rr_new = reciprocal_rank_at_k(new, judgements, max(len(new), 1))
+        key = "improved" if rr_new > rr_old else "hurt" if rr_new < rr_old else "unchanged"
+        counts[key] += 1
+    return counts
+
+
+def rerank_depth_note(rerank_depth: int, metric_names) -> str:
+    """Which recall figures reranking the top ``rerank_depth`` cannot change.
+
+    Example:
+        >>> rerank_depth_note(10, ["recall@1", "recall@10", "recall@100"])
+        'Reranking reorders only the top 10 retrieved passages per query, so recall@10 and recall@100 cannot change; only the order inside the top 10 can.'
+    """
+    fixed = [
+        m for m in metric_names if m.startswith("recall@") and parse_metric(m)[1] >= rerank_depth
+    ]
+    if not fixed:
+        return ""
+    return (
+        f"Reranking reorders only the top {rerank_depth} retrieved passages per query, so "
+        + " and ".join(fixed)
+        + f" cannot change; only the order inside the top {rerank_depth} can."
+    )
 
 
 def render_report(metrics: dict, manifest: dict) -> str:
     """The report's Markdown: metrics, models, data and stage timings."""
     config = manifest.get("config", {})
-    lines = ["# rerank-ray report", "", "## Metrics", "", metrics_table(metrics), ""]
+    lines = ["# rerank-ray report", "", "## Metrics", ""]
+    reranker = (manifest.get("models") or {}).get("reranker")
+    if reranker and reranker.get("name") in SMOKE_MODELS:
+        lines += [SMOKE_NOTE, ""]
+    lines += [metrics_table(metrics), ""]
+    if "rerank" in metrics:
+        depth = reranker["options"].get("top_k") or config.get("top_k")
+        effect = manifest.get("stages", {}).get("evaluate", {}).get("rerank_effect", {})
+        if effect:
+            lines.append(
+                f"The reranker improved {effect['improved']} queries, hurt {effect['hurt']} and"
+                f" left {effect['unchanged']} unchanged (reciprocal rank of the first relevant"
+                " passage)."
+            )
+        note = rerank_depth_note(depth, list(metrics["rerank"]))
+        lines += [note, "", "![recall@k and score distributions](report.png)", ""]
     evaluation = manifest.get("stages", {}).get("evaluate", {})
     if evaluation:
         lines.append(
@@ -41,7 +108,7 @@ def render_report(metrics: dict, manifest: dict) -> str:
         lines.append("")
     lines += ["## Models", "", "| role | name | path | fingerprint |", "|---|---|---|---|"]
     for role, model in manifest.get("models", {}).items():
-        if model:
+        if model and model.get("path"):
             lines.append(
                 f"| {role} | {model['name']} | `{model['path']}` | `{model['fingerprint'][:23]}…` |"
             )
@@ -73,3 +140,47 @@ def write_report(path: str, metrics: dict, manifest: dict) -> None:
     """Write ``report.md`` atomically."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
         handle.write(render_report(metrics, manifest))
+
+
+def write_plot(path: str, rankings: dict, qrels: dict, rerank_path: str | None, top_k: int) -> None:
+    """``report.png``: recall@k against k for each stage, and the reranker's scores of
+    relevant and non-relevant pairs (when there is a rerank stage)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = 2 if rerank_path else 1
+    figure, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
+    ks = list(range(1, top_k + 1))
+    judged = {q: j for q, j in qrels.items() if any(r >= 1 for r in j.values())}
+    for stage, ranking in rankings.items():
+        curve = [
+            sum(recall_at_k(ranking.get(q, []), j, k) for q, j in judged.items())
+            / max(len(judged), 1)
+            for k in ks
+        ]
+        axes[0][0].plot(ks, curve, label=stage)
+    axes[0][0].set(xscale="log", xlabel="k", ylabel="recall@k", title="Recall by depth")
+    axes[0][0].grid(True, alpha=0.3)
+    axes[0][0].legend()
+    if rerank_path:
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(rerank_path, columns=["qid", "pid", "score"]).to_pydict()
+        relevant, other = [], []
+        for qid, pid, score in zip(table["qid"], table["pid"], table["score"]):
+            (relevant if qrels.get(qid, {}).get(pid, 0) >= 1 else other).append(score)
+        bins = 40
+        axes[0][1].hist(
+            other, bins=bins, alpha=0.6, density=True, label=f"non-relevant ({len(other)})"
+        )
+        axes[0][1].hist(
+            relevant, bins=bins, alpha=0.6, density=True, label=f"relevant ({len(relevant)})"
+        )
+        axes[0][1].set(xlabel="reranker score (logit)", ylabel="density", title="Reranker scores")
+        axes[0][1].legend()
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    plt.close(figure)

@@ -11,9 +11,10 @@ same however the corpus is split into blocks.
 
 Example:
     >>> import numpy as np
+    >>> from rerank_ray.search import topk_of_block
     >>> scores = np.array([[0.5, 0.9, 0.5]], dtype=np.float32)
-    >>> top_scores, top_ids = topk_of_block(scores, np.array(["c", "a", "b"]), k=2)
-    >>> top_ids.tolist()
+    >>> top = topk_of_block(scores, np.array(["c", "a", "b"]), k=2)
+    >>> top.ids.tolist()
     [['a', 'b']]
 """
 

@@ -20,6 +20,7 @@ from rerank_ray.config import ComputeConfig, RunConfig
 from rerank_ray.datasets import DataConfig
 from rerank_ray.embed import embedding_matrix
 from rerank_ray.pipeline import run_pipeline
+from rerank_ray.rerank import RerankOptions
 
 METRICS = ("recall@1", "recall@10", "recall@100", "mrr@1", "mrr@10", "ndcg@10")
 
@@ -59,13 +60,15 @@ def read_embeddings(directory, id_column):
 
 @pytest.fixture(scope="module")
 def seed_run(ray_session, msmarco, tmp_path_factory):
-    """The seed protocol at a size this machine runs in seconds: 400 passages, 60 queries."""
+    """The seed protocol at a size this machine runs in seconds: 400 passages, 60 queries,
+    the top 20 of each reranked by the smoke-test cross-encoder."""
     out = tmp_path_factory.mktemp("run")
     config = RunConfig(
         out=str(out),
         data=DataConfig(dataset=str(msmarco / "dev.jsonl"), corpus_rows=400, num_queries=60),
         embedder="minilm",
         top_k=100,
+        rerank=RerankOptions(model="minilm-smoke", top_k=20, max_length=128),
         compute=ComputeConfig(rows_per_call=128),  # several actor calls, several output files
     )
     metrics = run_pipeline(config)
@@ -75,13 +78,14 @@ def seed_run(ray_session, msmarco, tmp_path_factory):
 def test_run_directory_contract(seed_run):
     out, metrics = seed_run
     assert json.loads((out / "metrics.json").read_text()) == metrics
-    assert list(metrics) == ["retrieval"] and tuple(metrics["retrieval"]) == METRICS
+    assert list(metrics) == ["retrieval", "rerank"]
+    assert tuple(metrics["retrieval"]) == tuple(metrics["rerank"]) == METRICS
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["embedder"] == "minilm"
     assert manifest["models"]["embedder"]["fingerprint"].startswith("sha256:")
     assert manifest["models"]["embedder"]["options"]["pooling"] == "mean"
     assert manifest["data"]["corpus"]["rows"] == 400 and manifest["data"]["queries"]["rows"] == 60
-    for stage in ("prepare", "embed", "retrieve", "evaluate"):
+    for stage in ("prepare", "embed", "retrieve", "rerank", "evaluate"):
         assert manifest["stages"][stage]["wall_seconds"] > 0
     assert manifest["stages"]["embed"]["resources"]["actors"] == 1
     assert manifest["stages"]["embed"]["resources"]["num_gpus_per_actor"] == 0
@@ -91,6 +95,15 @@ def test_run_directory_contract(seed_run):
     assert retrieval.num_rows == 60 * 100
     report = (out / "report.md").read_text()
     assert f"{metrics['retrieval']['mrr@10']:.4f}" in report and "minilm" in report
+    assert "smoke-test reranker" in report and "mean nothing" in report
+    assert "recall@100 cannot change" in report
+    effect = manifest["stages"]["evaluate"]["rerank_effect"]
+    assert sum(effect.values()) == 60
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    reranker = manifest["models"]["reranker"]
+    assert reranker["name"] == "minilm-smoke" and reranker["fingerprint"].startswith("sha256:")
+    assert manifest["stages"]["rerank"]["rows"] == 60 * 20
+    assert manifest["stages"]["rerank"]["pairs_per_second"] > 0
 
 
 def test_metrics_equal_pytrec_eval_from_the_run_files(seed_run):
@@ -148,6 +161,56 @@ def test_embeddings_and_retrieval_equal_bare_flagmodel_and_numpy(seed_run):
         assert [r["pid"] for r in sorted(got, key=lambda r: r["rank"])] == pids[expected].tolist()
 
 
+def test_rerank_scores_equal_flagreranker_on_the_same_pairs(seed_run):
+    from FlagEmbedding import FlagReranker
+
+    out, _ = seed_run
+    manifest = json.loads((out / "manifest.json").read_text())
+    rerank = pq.read_table(out / "rerank.parquet")
+    assert rerank.schema.names == [
+        "qid", "pid", "rank", "score", "relevance_score", "retrieval_rank"
+    ]  # fmt: skip
+    rows = rerank.to_pylist()
+    queries = dict(zip(*pq.read_table(out / "data" / "queries.parquet").to_pydict().values()))
+    passages = dict(zip(*pq.read_table(out / "data" / "corpus.parquet").to_pydict().values()))
+    bare = FlagReranker(manifest["models"]["reranker"]["path"], use_fp16=False, devices=["cpu"])
+    expected = bare.compute_score(
+        [(queries[r["qid"]], passages[r["pid"]]) for r in rows], max_length=128
+    )
+    assert np.max(np.abs(np.array([r["score"] for r in rows]) - expected)) < 1e-4
+    assert np.allclose(
+        [r["relevance_score"] for r in rows], 1 / (1 + np.exp(-np.array(expected))), atol=1e-5
+    )
+    # the reranked candidates are exactly the top 20 retrieved, once each
+    retrieval = pq.read_table(out / "retrieval.parquet").to_pylist()
+    top = {(r["qid"], r["pid"], r["rank"]) for r in retrieval if r["rank"] <= 20}
+    assert {(r["qid"], r["pid"], r["retrieval_rank"]) for r in rows} == top
+    for qid in queries:
+        mine = sorted((r for r in rows if r["qid"] == qid), key=lambda r: r["rank"])
+        assert [r["rank"] for r in mine] == list(range(1, 21))
+        assert all(a["score"] >= b["score"] for a, b in zip(mine, mine[1:]))
+
+
+def test_rerank_metrics_equal_pytrec_eval_on_the_reranked_lists(seed_run):
+    out, metrics = seed_run
+    reranked = pq.read_table(out / "rerank.parquet").to_pylist()
+    retrieval = pq.read_table(out / "retrieval.parquet").to_pylist()
+    run: dict = {}
+    for r in reranked:  # the reranked top 20 first, then the retrieval's ranks 21..100
+        run.setdefault(r["qid"], {})[r["pid"]] = 1000.0 - r["rank"]
+    for r in retrieval:
+        if r["rank"] > 20:
+            run[r["qid"]][r["pid"]] = 1000.0 - r["rank"]
+    qrels: dict = {}
+    for row in pq.read_table(out / "data" / "qrels.parquet").to_pylist():
+        qrels.setdefault(row["qid"], {})[row["pid"]] = row["relevance"]
+    reference = pytrec_from_run(run, qrels)
+    for name in METRICS:
+        assert metrics["rerank"][name] == pytest.approx(reference[name], abs=1e-12), name
+    # reranking the top 20 cannot change recall at 20 or deeper
+    assert metrics["rerank"]["recall@100"] == metrics["retrieval"]["recall@100"]
+
+
 def _tsv_subset(msmarco, directory, num_queries=30, num_passages=250):
     """The first queries of the official TSV files, their judged passages and some others."""
     queries = (msmarco / "queries.tsv").read_text(encoding="utf-8").splitlines()[:num_queries]
@@ -194,10 +257,43 @@ def test_cli_run_on_official_tsv_layout(ray_session, msmarco, tmp_path, capsys):
         assert metrics[name] == pytest.approx(reference[name], abs=1e-12)
     assert metrics["recall@10"] > 0.5  # real model, real data: far above chance (10 / 250)
 
+    assert not (out / "rerank.parquet").exists()
+
     # evaluate alone, on the existing run directory, gives the same numbers
     (out / "metrics.json").unlink()
     assert main(["evaluate", "--out", str(out), "--quiet"]) == 0
     assert json.loads((out / "metrics.json").read_text())["retrieval"] == metrics
+
+    # rerank the existing run: no re-embedding, the retrieval metrics stay, a rerank section
+    embeddings_before = sorted(
+        p.stat().st_mtime_ns for p in (out / "embeddings").rglob("*.parquet")
+    )
+    status = main(
+        [
+            "rerank",
+            "--run",
+            str(out),
+            "--reranker",
+            "minilm-smoke",
+            "--rerank-top-k",
+            "5",
+            "--quiet",
+        ]
+    )
+    assert status == 0
+    assert "smoke-test" in capsys.readouterr().out
+    after = json.loads((out / "metrics.json").read_text())
+    assert after["retrieval"] == metrics and set(after["rerank"]) == set(metrics)
+    assert after["rerank"]["recall@10"] == metrics["recall@10"]  # depth 5 < 10: unchanged
+    assert (
+        sorted(p.stat().st_mtime_ns for p in (out / "embeddings").rglob("*.parquet"))
+        == embeddings_before
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (
+        manifest["config"]["rerank"]["top_k"] == 5
+        and manifest["stages"]["rerank"]["rows"] == 30 * 5
+    )
 
 
 def test_cli_user_error_is_one_line_without_traceback(tmp_path):

@@ -1,0 +1,108 @@
+"""The reranking API and the cross-encoder scoring: equal to FlagReranker.compute_score."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from rerank_ray import Reranker
+from rerank_ray.models import sigmoid
+from rerank_ray.rerank import rank_scored_pairs
+
+
+@dataclass
+class Document:
+    """The shape of LangChain's Document, without importing LangChain."""
+
+    page_content: str
+    metadata: dict = field(default_factory=dict)
+
+
+@pytest.fixture(scope="module")
+def reranker():
+    return Reranker("minilm-smoke", device="cpu", batch_size=8, max_length=64)
+
+
+@pytest.fixture(scope="module")
+def msmarco_pairs(msmarco):
+    with open(msmarco / "dev.jsonl") as handle:
+        rows = [json.loads(next(handle)) for _ in range(30)]
+    return [(r["query"], rows[(i * 7) % 30]["positive"][0]) for i, r in enumerate(rows)]
+
+
+def test_scores_equal_flagreranker_compute_score(reranker, msmarco_pairs):
+    from FlagEmbedding import FlagReranker
+
+    pairs = msmarco_pairs + [("long query " * 80, "long passage " * 400)]  # both sides cut
+    bare = FlagReranker(reranker.path, use_fp16=False, devices=["cpu"])
+    expected = bare.compute_score(pairs, batch_size=5, max_length=64)
+    ours = reranker.score(pairs)
+    assert len(ours) == len(pairs)
+    assert np.max(np.abs(np.array(ours) - np.array(expected))) < 1e-4
+    normalized = bare.compute_score(pairs, batch_size=5, max_length=64, normalize=True)
+    assert np.allclose(sigmoid(np.array(ours)), normalized, atol=1e-6)
+
+
+def test_rerank_sorts_and_reports_sigmoid(reranker, msmarco_pairs):
+    query = msmarco_pairs[0][0]
+    documents = [p for _, p in msmarco_pairs[:8]]
+    results = reranker.rerank(query, documents)
+    scores = reranker.score([(query, d) for d in documents])
+    assert [r.index for r in results] == sorted(range(8), key=lambda i: -scores[i])
+    for result in results:
+        assert result.document is documents[result.index]
+        assert result.score == pytest.approx(scores[result.index])
+        assert result.relevance_score == pytest.approx(1 / (1 + math.exp(-result.score)))
+        assert 0 < result.relevance_score < 1
+
+
+def test_top_n_ties_and_edge_cases(reranker):
+    documents = ["same text", "another text", "same text"]
+    results = reranker.rerank("q", documents, top_n=10)  # more than given: all
+    assert len(results) == 3
+    positions = [r.index for r in results]
+    assert positions.index(0) < positions.index(2)  # equal scores keep input order
+    assert [r.index for r in reranker.rerank("q", documents, top_n=1)] == [positions[0]]
+    assert reranker.rerank("q", []) == []
+    assert reranker.rerank("q", documents, top_n=0) == []
+    with pytest.raises(TypeError, match="page_content"):
+        reranker.rerank("q", [42])
+
+
+def test_documents_with_page_content_get_relevance_score_metadata(reranker):
+    documents = [Document("pandas are bears", {"source": "a"}), Document("hello world")]
+    results = reranker.rerank("what is a panda?", documents, top_n=1)
+    assert len(results) == 1 and results[0].document is documents[results[0].index]
+    kept = documents[results[0].index]
+    assert kept.metadata["relevance_score"] == pytest.approx(results[0].relevance_score)
+    strings = reranker.rerank("what is a panda?", [d.page_content for d in documents])
+    assert strings[0].score == pytest.approx(results[0].score, abs=1e-5)
+
+
+def test_a_document_longer_than_max_length_is_truncated(reranker):
+    long_document = "ray data streams blocks " * 200
+    longer = long_document + "completely different ending " * 50
+    first, second = reranker.score([("q", long_document), ("q", longer)])
+    assert first == pytest.approx(second, abs=1e-5)  # only the first 64 tokens count
+
+
+def test_rank_scored_pairs_orders_by_score_then_retrieval_rank():
+    scored = pa.table(
+        {
+            "qid": ["b", "a", "a", "a", "b"],
+            "pid": ["x", "p", "q", "r", "y"],
+            "retrieval_rank": [1, 1, 2, 3, 2],
+            "score": pa.array([0.0, 1.0, 3.0, 1.0, 2.0], pa.float32()),
+        }
+    )
+    ranked = rank_scored_pairs(scored).to_pydict()
+    assert ranked["qid"] == ["a", "a", "a", "b", "b"]
+    assert ranked["pid"] == ["q", "p", "r", "y", "x"]
+    assert ranked["rank"] == [1, 2, 3, 1, 2]
+    assert ranked["retrieval_rank"] == [2, 1, 3, 2, 1]
+    assert ranked["relevance_score"] == pytest.approx([float(sigmoid(s)) for s in [3, 1, 1, 2, 0]])
