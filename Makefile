@@ -25,7 +25,7 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/rerank-ray run --dataset $(DEMO_DATASET) --corpus-rows 5000 --num-queries 100 \
-		--embedder minilm --reranker minilm-smoke --top-k 100 --out $(DEMO_OUT)
+		--embedder minilm --reranker minilm-smoke --rerank-top-k 20 --top-k 100 --out $(DEMO_OUT)
 
 test: $(STAMP)
 	$(PY) -m pytest
@@ -40,6 +40,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/embed_throughput.py --passages 2000
+	$(PY) bench/rerank_throughput.py --queries 50 --depth 20
 
 clean:
 	rm -rf runs .pytest_cache

@@ -28,8 +28,6 @@ ID_COLUMN = {"corpus": "pid", "queries": "qid"}
 #: Rows handed to an actor per call. Large, so that each call length-sorts many texts and
 #: the per-call overhead is amortised; the actor splits them into token-budgeted batches.
 ROWS_PER_CALL = 1024
-#: Cap on read blocks, to keep Ray Data's planning cheap on an 8.8M-row corpus.
-MAX_READ_BLOCKS = 4096
 
 
 @dataclass(frozen=True)
@@ -57,9 +55,9 @@ def plan_resources(
 ) -> ActorResources:
     """Size an actor pool from the connected Ray cluster's resources.
 
-    One actor per GPU when the cluster has GPUs; otherwise one CPU actor whose torch threads
-    use the node's cores (Ray's own reservation stays at 1 CPU so reading and writing tasks
-    can run beside it).
+    One actor per GPU when the cluster has GPUs; otherwise one CPU actor. The node's cores
+    are shared among its actors as torch threads, while Ray's CPU reservation leaves one
+    core's worth free for the reading and writing tasks that feed them.
     """
     import ray
 
@@ -74,10 +72,13 @@ def plan_resources(
     cpus_per_node = max(int(n["Resources"].get("CPU", 1)) for n in nodes) if nodes else total_cpus
     actors_per_node = max(1, -(-actors // max(1, len(nodes))))
     threads = max(1, cpus_per_node // actors_per_node)
+    # Leave one CPU per node unreserved: Ray Data's read, repartition and write tasks need
+    # it, and a pool that reserves every CPU waits forever for its input.
+    cpus_per_actor = min(1.0, max(0.25, (cpus_per_node - 1) / actors_per_node))
     return ActorResources(
         actors=actors,
         num_gpus_per_actor=gpus_per_actor,
-        num_cpus_per_actor=1.0,
+        num_cpus_per_actor=cpus_per_actor,
         threads_per_actor=threads,
     )
 
@@ -176,11 +177,12 @@ def embed_table(
     resources = resources or plan_resources()
     id_column = ID_COLUMN[role]
     started = time.perf_counter()
-    # Enough blocks that every actor gets work and progress shows, at most one per call.
-    rows = pq.ParquetFile(table_path).metadata.num_rows
-    blocks = min(MAX_READ_BLOCKS, max(resources.actors, -(-rows // rows_per_call)))
-    dataset = ray.data.read_parquet(table_path, override_num_blocks=blocks).select_columns(
-        [id_column, "text"]
+    # A Parquet file reads as one block; streaming repartition cuts it into call-sized
+    # blocks so that every actor of the pool gets work (without a shuffle barrier).
+    dataset = (
+        ray.data.read_parquet(table_path)
+        .select_columns([id_column, "text"])
+        .repartition(target_num_rows_per_block=rows_per_call)
     )
     vectors = dataset.map_batches(
         EmbedActor,

@@ -27,7 +27,8 @@ import numpy as np
 from rerank_ray.errors import ConfigError
 
 #: Files that make up a model; everything else in a Hub repo (ONNX exports, extra heads,
-#: pickled ``.bin`` duplicates of safetensors weights) is not downloaded.
+#: pickled ``.bin`` duplicates of safetensors weights) is not downloaded. A repo without
+#: safetensors falls back to ``pytorch_model*.bin``.
 MODEL_FILE_PATTERNS = [
     "*.json",
     "*.txt",
@@ -82,10 +83,19 @@ def resolve_model_path(name: str, aliases: dict | None = None) -> str:
     from huggingface_hub import snapshot_download
 
     try:
-        return snapshot_download(name, allow_patterns=MODEL_FILE_PATTERNS)
+        path = snapshot_download(name, allow_patterns=MODEL_FILE_PATTERNS)
+        if not _has_files(path, ".safetensors"):
+            # Older repos ship only pytorch_model.bin: transformers loads it with
+            # torch.load(weights_only=True), which refuses pickled code.
+            path = snapshot_download(name, allow_patterns=[*MODEL_FILE_PATTERNS, "pytorch_model*.bin"])
+        return path
     except Exception as error:  # hub errors come in many types; the user needs one line
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(f"{name}: cannot fetch the model ({message})") from None
+
+
+def _has_files(path: str, suffix: str) -> bool:
+    return any(f.endswith(suffix) for _, _, files in os.walk(path) for f in files)
 
 
 def weights_fingerprint(path: str) -> str:

@@ -272,6 +272,7 @@ class Pipeline:
     def evaluate(self) -> dict:
         """Metrics of each stage's rankings; writes metrics.json, report.md and report.png."""
         from rerank_ray.metrics import evaluate
+        from rerank_ray.models import SMOKE_WARNING, is_smoke_model
         from rerank_ray.report import compare_stages, write_plot, write_report
         from rerank_ray.rerank import reranked_rankings
         from rerank_ray.search import read_ranking
@@ -308,6 +309,7 @@ class Pipeline:
                 qrels,
                 str(self.run.rerank_path) if reranked else None,
                 self.config.top_k,
+                note=SMOKE_WARNING if reranked and is_smoke_model(self.config.reranker) else None,
             )
             return stats
 

@@ -142,9 +142,16 @@ def write_report(path: str, metrics: dict, manifest: dict) -> None:
         handle.write(render_report(metrics, manifest))
 
 
-def write_plot(path: str, rankings: dict, qrels: dict, rerank_path: str | None, top_k: int) -> None:
+def write_plot(
+    path: str,
+    rankings: dict,
+    qrels: dict,
+    rerank_path: str | None,
+    top_k: int,
+    note: str | None = None,
+) -> None:
     """``report.png``: recall@k against k for each stage, and the reranker's scores of
-    relevant and non-relevant pairs (when there is a rerank stage)."""
+    relevant and non-relevant pairs (when there is a rerank stage); ``note`` as a title."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -180,6 +187,8 @@ def write_plot(path: str, rankings: dict, qrels: dict, rerank_path: str | None, 
         )
         axes[0][1].set(xlabel="reranker score (logit)", ylabel="density", title="Reranker scores")
         axes[0][1].legend()
+    if note:
+        figure.suptitle(note, color="darkred", fontsize=10)
     figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=100)

@@ -179,13 +179,16 @@ def rerank_candidates(
     candidates = candidate_pairs_table(retrieval_path, queries_path, options.top_k)
     expected_pairs = candidates.num_rows
     candidates_ref = ray.put(candidates)
-    rows = pq.ParquetFile(corpus_path).metadata.num_rows
-    blocks = max(resources.actors, min(4096, -(-rows // 8192)))
-    pairs = ray.data.read_parquet(corpus_path, override_num_blocks=blocks).map_batches(
-        pairs_of_block,
-        fn_kwargs={"candidates": [candidates_ref]},
-        batch_format="pyarrow",
-        batch_size=None,
+    pairs = (
+        ray.data.read_parquet(corpus_path)
+        .map_batches(
+            pairs_of_block,
+            fn_kwargs={"candidates": [candidates_ref]},
+            batch_format="pyarrow",
+            batch_size=None,
+        )
+        # call-sized blocks, so every actor of the pool gets work
+        .repartition(target_num_rows_per_block=rows_per_call)
     )
     scored = pairs.map_batches(
         RerankActor,
