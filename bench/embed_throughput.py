@@ -64,7 +64,9 @@ def main() -> None:
     resources = plan_resources(args.actors)
     with tempfile.TemporaryDirectory() as tmp:
         corpus = os.path.join(tmp, "corpus.parquet")
-        pq.write_table(pa.table({"pid": [str(i) for i in range(len(texts))], "text": texts}), corpus)
+        pq.write_table(
+            pa.table({"pid": [str(i) for i in range(len(texts))], "text": texts}), corpus
+        )
         out = os.path.join(tmp, "embeddings")
         with timer(times, "pipeline_embed"):
             embed_table(corpus, out, "corpus", args.model, options, resources, args.rows_per_call)
@@ -78,12 +80,18 @@ def main() -> None:
     bare_total = times["bare_load"] + times["bare_encode"]
     print(f"machine: {machine()}")
     print(f"passages: {n}, model: {args.model}, resources: {resources.to_dict()}")
-    print(f"bare FlagModel: load {times['bare_load']:.1f} s + encode {times['bare_encode']:.1f} s"
-          f" = {bare_total:.1f} s -> {n / bare_total:.1f} passages/s"
-          f" (encode only {n / times['bare_encode']:.1f}/s)")
-    print(f"pipeline embed stage: {times['pipeline_embed']:.1f} s -> {n / times['pipeline_embed']:.1f}"
-          f" passages/s (plus ray.init {times['ray_init']:.1f} s)")
-    print(f"ratio pipeline/bare throughput (load+encode vs stage): {bare_total / times['pipeline_embed']:.2f}")
+    print(
+        f"bare FlagModel: load {times['bare_load']:.1f} s + encode {times['bare_encode']:.1f} s"
+        f" = {bare_total:.1f} s -> {n / bare_total:.1f} passages/s"
+        f" (encode only {n / times['bare_encode']:.1f}/s)"
+    )
+    print(
+        f"pipeline embed stage: {times['pipeline_embed']:.1f} s -> {n / times['pipeline_embed']:.1f}"
+        f" passages/s (plus ray.init {times['ray_init']:.1f} s)"
+    )
+    print(
+        f"ratio pipeline/bare throughput (load+encode vs stage): {bare_total / times['pipeline_embed']:.2f}"
+    )
     print(f"min cosine pipeline vs bare: {min_cosine:.6f}")
 
 

@@ -64,13 +64,34 @@ def main() -> None:
         ray.init(include_dashboard=False, logging_level="WARNING")
     resources = plan_resources(args.actors)
     with tempfile.TemporaryDirectory() as tmp:
-        paths = {name: os.path.join(tmp, f"{name}.parquet") for name in ("corpus", "queries", "retrieval", "rerank")}
-        pq.write_table(pa.table({"pid": [str(i) for i in range(len(passages))], "text": passages}), paths["corpus"])
-        pq.write_table(pa.table({"qid": [str(q) for q in range(args.queries)], "text": [r["query"] for r in rows[: args.queries]]}), paths["queries"])
+        paths = {
+            name: os.path.join(tmp, f"{name}.parquet")
+            for name in ("corpus", "queries", "retrieval", "rerank")
+        }
+        pq.write_table(
+            pa.table({"pid": [str(i) for i in range(len(passages))], "text": passages}),
+            paths["corpus"],
+        )
+        pq.write_table(
+            pa.table(
+                {
+                    "qid": [str(q) for q in range(args.queries)],
+                    "text": [r["query"] for r in rows[: args.queries]],
+                }
+            ),
+            paths["queries"],
+        )
         pq.write_table(pa.table(retrieval), paths["retrieval"])
         options = RerankOptions(model=args.model, max_length=args.max_length)
         with timer(times, "pipeline_rerank"):
-            rerank_candidates(paths["retrieval"], paths["corpus"], paths["queries"], paths["rerank"], options, resources)
+            rerank_candidates(
+                paths["retrieval"],
+                paths["corpus"],
+                paths["queries"],
+                paths["rerank"],
+                options,
+                resources,
+            )
         result = pq.read_table(paths["rerank"]).to_pydict()
     ray.shutdown()
     lookup = {(q, p): s for q, p, s in zip(result["qid"], result["pid"], result["score"])}
@@ -78,12 +99,20 @@ def main() -> None:
     n = len(pairs)
     bare_total = times["bare_load"] + times["bare_score"]
     print(f"machine: {machine()}")
-    print(f"pairs: {n} ({args.queries} queries x {args.depth}), model: {args.model}, max_length {args.max_length}, resources: {resources.to_dict()}")
-    print(f"bare FlagReranker: load {times['bare_load']:.1f} s + compute_score {times['bare_score']:.1f} s"
-          f" = {bare_total:.1f} s -> {n / bare_total:.1f} pairs/s (scoring only {n / times['bare_score']:.1f}/s)")
-    print(f"pipeline rerank stage: {times['pipeline_rerank']:.1f} s -> {n / times['pipeline_rerank']:.1f} pairs/s"
-          f" (plus ray.init {times['ray_init']:.1f} s)")
-    print(f"ratio pipeline/bare throughput (load+score vs stage): {bare_total / times['pipeline_rerank']:.2f}")
+    print(
+        f"pairs: {n} ({args.queries} queries x {args.depth}), model: {args.model}, max_length {args.max_length}, resources: {resources.to_dict()}"
+    )
+    print(
+        f"bare FlagReranker: load {times['bare_load']:.1f} s + compute_score {times['bare_score']:.1f} s"
+        f" = {bare_total:.1f} s -> {n / bare_total:.1f} pairs/s (scoring only {n / times['bare_score']:.1f}/s)"
+    )
+    print(
+        f"pipeline rerank stage: {times['pipeline_rerank']:.1f} s -> {n / times['pipeline_rerank']:.1f} pairs/s"
+        f" (plus ray.init {times['ray_init']:.1f} s)"
+    )
+    print(
+        f"ratio pipeline/bare throughput (load+score vs stage): {bare_total / times['pipeline_rerank']:.2f}"
+    )
     print(f"max |score difference| pipeline vs bare: {np.max(np.abs(ours - bare)):.2e}")
 
 

@@ -53,6 +53,10 @@ OPTION_PATHS = {
     "num_actors": "compute.num_actors",
     "num_gpus_per_actor": "compute.num_gpus_per_actor",
     "rows_per_call": "compute.rows_per_call",
+    "corpus_embeddings": "corpus_embeddings",
+    "query_embeddings": "query_embeddings",
+    "cache_dir": "cache_dir",
+    "use_cache": "use_cache",
 }
 
 STAGE_COMMANDS = {
@@ -104,6 +108,23 @@ def _options_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--max-tokens-per-batch", type=int, metavar="N", help="most padded tokens per forward pass"
     )
+    model.add_argument(
+        "--corpus-embeddings",
+        metavar="PATH",
+        help="precomputed Parquet (pid, embedding): skip embedding the corpus",
+    )
+    model.add_argument(
+        "--query-embeddings", metavar="PATH", help="precomputed Parquet (qid, embedding)"
+    )
+    model.add_argument(
+        "--cache-dir", metavar="DIR", help="embedding cache (default: ~/.cache/rerank-ray)"
+    )
+    model.add_argument(
+        "--no-cache",
+        dest="use_cache",
+        action="store_false",
+        help="neither reuse nor store embeddings",
+    )
     rerank = parser.add_argument_group("reranker")
     rerank.add_argument(
         "--reranker",
@@ -141,6 +162,9 @@ def _options_parser() -> argparse.ArgumentParser:
         "--rows-per-call", type=int, metavar="N", help="rows per actor call (default: 1024)"
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the result")
+    parser.add_argument(
+        "--force", action="store_true", help="run: redo stages that are already complete"
+    )
     return parser
 
 
@@ -208,10 +232,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         pipeline = Pipeline(config)
         metrics = None
-        for stage in STAGE_COMMANDS[args.command]:
-            result = getattr(pipeline, stage)()
-            if stage == "evaluate":
-                metrics = result
+        if args.command == "run":
+            metrics = pipeline.run_all(resume=not getattr(args, "force", False))
+        else:
+            for stage in STAGE_COMMANDS[args.command]:
+                result = getattr(pipeline, stage)()
+                if stage == "evaluate":
+                    metrics = result
         if metrics is not None:
             _print_summary(config, metrics)
         else:

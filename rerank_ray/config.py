@@ -49,6 +49,11 @@ class RunConfig:
         rerank: The cross-encoder (``rerank.model``; ``none`` skips the stage) and its limits.
         top_k: Passages retrieved per query.
         compute: Ray cluster and actor pool sizes.
+        corpus_embeddings: Precomputed corpus vectors (Parquet ``pid, embedding``) to use
+            instead of embedding the corpus.
+        query_embeddings: Precomputed query vectors (Parquet ``qid, embedding``).
+        cache_dir: Where reusable embeddings are kept; ``None``: the user's cache directory.
+        use_cache: Reuse and store embeddings in the cache.
     """
 
     out: str
@@ -58,6 +63,10 @@ class RunConfig:
     rerank: RerankOptions = field(default_factory=RerankOptions)
     top_k: int = DEFAULT_TOP_K
     compute: ComputeConfig = field(default_factory=ComputeConfig)
+    corpus_embeddings: str | None = None
+    query_embeddings: str | None = None
+    cache_dir: str | None = None
+    use_cache: bool = True
 
     def __post_init__(self):
         if self.top_k < 1:

@@ -116,11 +116,21 @@ class PreparedData:
     num_corpus: int
     num_queries: int
     num_qrels: int
+    corpus_hash: str = ""
+    queries_hash: str = ""
 
     def to_dict(self) -> dict:
         return {
-            "corpus": {"path": self.corpus_path, "rows": self.num_corpus},
-            "queries": {"path": self.queries_path, "rows": self.num_queries},
+            "corpus": {
+                "path": self.corpus_path,
+                "rows": self.num_corpus,
+                "content_hash": self.corpus_hash,
+            },
+            "queries": {
+                "path": self.queries_path,
+                "rows": self.num_queries,
+                "content_hash": self.queries_hash,
+            },
             "qrels": {"path": self.qrels_path, "rows": self.num_qrels},
         }
 
@@ -133,7 +143,16 @@ class PreparedData:
             num_corpus=data["corpus"]["rows"],
             num_queries=data["queries"]["rows"],
             num_qrels=data["qrels"]["rows"],
+            corpus_hash=data["corpus"].get("content_hash", ""),
+            queries_hash=data["queries"].get("content_hash", ""),
         )
+
+    @classmethod
+    def from_writers(cls, corpus, queries, qrels) -> PreparedData:
+        return cls(
+            corpus.path, queries.path, qrels.path, corpus.rows, queries.rows, qrels.rows,
+            corpus.content_hash, queries.content_hash,
+        )  # fmt: skip
 
 
 def passage_id(text: str) -> str:
@@ -307,11 +326,18 @@ class _TableWriter:
         self._columns: dict[str, list] = {name: [] for name in schema.names}
         self._tmp_path = temporary_sibling(path)
         self._writer = pq.ParquetWriter(self._tmp_path, schema)
+        self._digest = hashlib.sha256()
+
+    @property
+    def content_hash(self) -> str:
+        return "sha256:" + self._digest.hexdigest()
 
     def add(self, *values) -> None:
         for name, value in zip(self.schema.names, values):
             self._columns[name].append(value)
         self.rows += 1
+        # A content hash of the rows in order: the embedding cache's key for this table.
+        self._digest.update("\t".join(map(str, values)).encode("utf-8") + b"\n")
         if len(self._columns[self.schema.names[0]]) >= WRITE_BATCH_ROWS:
             self._flush()
 
@@ -373,9 +399,7 @@ def _prepare_from_dataset(config: DataConfig, out_dir: Path) -> PreparedData:
         raise
     for writer in writers:
         writer.close()
-    return PreparedData(
-        corpus.path, queries.path, qrels.path, corpus.rows, queries.rows, qrels.rows
-    )
+    return PreparedData.from_writers(corpus, queries, qrels)
 
 
 def _dataset_rows_to_tables(config, corpus, queries, qrels) -> None:
@@ -534,9 +558,7 @@ def _prepare_from_tables(config: DataConfig, out_dir: Path) -> PreparedData:
         raise
     for writer in writers:
         writer.close()
-    return PreparedData(
-        corpus.path, queries.path, qrels.path, corpus.rows, queries.rows, qrels.rows
-    )
+    return PreparedData.from_writers(corpus, queries, qrels)
 
 
 def prepare_data(config: DataConfig, out_dir: str | os.PathLike) -> PreparedData:

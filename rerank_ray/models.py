@@ -87,7 +87,9 @@ def resolve_model_path(name: str, aliases: dict | None = None) -> str:
         if not _has_files(path, ".safetensors"):
             # Older repos ship only pytorch_model.bin: transformers loads it with
             # torch.load(weights_only=True), which refuses pickled code.
-            path = snapshot_download(name, allow_patterns=[*MODEL_FILE_PATTERNS, "pytorch_model*.bin"])
+            path = snapshot_download(
+                name, allow_patterns=[*MODEL_FILE_PATTERNS, "pytorch_model*.bin"]
+            )
         return path
     except Exception as error:  # hub errors come in many types; the user needs one line
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -25,6 +25,8 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import platform
@@ -147,12 +149,43 @@ class Pipeline:
                 discard(str(path))
             self.manifest["stages"].pop(later, None)
 
+    def stage_key(self, stage: str) -> str:
+        """A hash of everything ``stage``'s output depends on: its options and earlier stages'."""
+        config = self.config.to_dict()
+        embedding = {
+            k: v
+            for k, v in config["embedding"].items()
+            if k not in ("batch_size", "max_tokens_per_batch")  # speed only, same vectors
+        }
+        own = {
+            "prepare": config["data"],
+            "embed": [
+                config["embedder"],
+                embedding,
+                config["corpus_embeddings"],
+                config["query_embeddings"],
+            ],
+            "retrieve": config["top_k"],
+            "rerank": {k: v for k, v in config["rerank"].items() if k != "batch_size"},
+            "evaluate": None,
+        }
+        previous = self.stage_key(STAGES[STAGES.index(stage) - 1]) if stage != STAGES[0] else ""
+        payload = json.dumps([previous, stage, own[stage]], sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def is_complete(self, stage: str) -> bool:
+        """Whether ``stage`` finished with the current options and its outputs are in place."""
+        recorded = self.manifest["stages"].get(stage, {})
+        outputs = [p for p in self._outputs(stage) if p != self.run.plot_path]
+        return recorded.get("key") == self.stage_key(stage) and all(p.exists() for p in outputs)
+
     def _timed(self, stage: str, work: Callable[[], dict]) -> None:
         log.info("stage %s: started", stage)
         self._invalidate_after(stage)
         started = time.perf_counter()
         stats = work()
         stats.setdefault("wall_seconds", round(time.perf_counter() - started, 3))
+        stats["key"] = self.stage_key(stage)
         self._record(stage, stats)
         log.info("stage %s: done in %.1f s", stage, stats["wall_seconds"])
 
@@ -170,9 +203,17 @@ class Pipeline:
         self._timed("prepare", work)
 
     def embed(self) -> None:
-        """Embed the corpus and the queries with an actor pool each."""
+        """Embed the corpus and the queries, unless the cache or the user already has them.
+
+        Per role, in order of preference: vectors the user supplied (checked), a cache entry
+        with the same key (model fingerprint, vector-changing options, content hash), or an
+        actor pool that computes them (then stored in the cache). When no role needs the
+        model, it is never loaded.
+        """
+        from rerank_ray.cache import EmbeddingCache, embedding_key, import_embeddings, role_options
         from rerank_ray.embed import embed_table, plan_resources
-        from rerank_ray.models import resolve_model
+        from rerank_ray.io import atomic_path
+        from rerank_ray.models import default_cache_dir, resolve_model
 
         prepared = self._prepared()
         embedder = resolve_model(self.config.embedder)
@@ -182,30 +223,60 @@ class Pipeline:
         resources = plan_resources(
             self.config.compute.num_actors, self.config.compute.num_gpus_per_actor
         )
+        cache = EmbeddingCache(self.config.cache_dir or default_cache_dir())
+        dtype = "float16" if resources.num_gpus_per_actor else "float32"
+        roles = (
+            ("corpus", prepared.corpus_path, prepared.corpus_hash,
+             self.run.corpus_embeddings_dir, self.config.corpus_embeddings),
+            ("queries", prepared.queries_path, prepared.queries_hash,
+             self.run.query_embeddings_dir, self.config.query_embeddings),
+        )  # fmt: skip
 
         def work() -> dict:
             parts = {}
-            for role, table, out in (
-                ("corpus", prepared.corpus_path, self.run.corpus_embeddings_dir),
-                ("queries", prepared.queries_path, self.run.query_embeddings_dir),
-            ):
-                log.info("stage embed: %s", role)
+            for role, table, content_hash, out, supplied in roles:
                 out.parent.mkdir(parents=True, exist_ok=True)
-                parts[role] = embed_table(
-                    table,
-                    str(out),
-                    role=role,
-                    model=self.config.embedder,
-                    options=options,
-                    resources=resources,
-                    rows_per_call=self.config.compute.rows_per_call,
-                ).to_dict()
+                key = embedding_key(
+                    embedder.fingerprint, role_options(options, role), role, content_hash, dtype
+                )
+                started = time.perf_counter()
+                cached = cache.lookup(key) if self.config.use_cache and content_hash else None
+                if supplied:
+                    log.info("stage embed: %s from %s", role, supplied)
+                    id_column = "pid" if role == "corpus" else "qid"
+                    rows = import_embeddings(supplied, table, id_column, str(out))
+                    parts[role] = {"rows": rows, "reused": True, "source": supplied}
+                elif cached:
+                    log.info("stage embed: %s reused from the cache %s", role, cached)
+                    from rerank_ray.cache import copy_tree
+
+                    with atomic_path(str(out)) as tmp:
+                        copy_tree(cached, tmp)
+                    rows = getattr(prepared, "num_" + role)
+                    parts[role] = {"rows": rows, "reused": True, "source": cached}
+                else:
+                    log.info("stage embed: %s", role)
+                    stats = embed_table(
+                        table,
+                        str(out),
+                        role=role,
+                        model=self.config.embedder,
+                        options=options,
+                        resources=resources,
+                        rows_per_call=self.config.compute.rows_per_call,
+                    )
+                    parts[role] = {**stats.to_dict(), "reused": False}
+                    if self.config.use_cache and content_hash:
+                        parts[role]["cached_at"] = cache.store(key, str(out))
+                parts[role]["cache_key"] = key
+                parts[role].setdefault("wall_seconds", round(time.perf_counter() - started, 3))
             rows = sum(p["rows"] for p in parts.values())
             wall = sum(p["wall_seconds"] for p in parts.values())
             return {
                 "rows": rows,
                 "wall_seconds": round(wall, 3),
                 "rows_per_second": round(rows / wall, 3) if wall else 0.0,
+                "reused": all(p["reused"] for p in parts.values()),
                 "resources": resources.to_dict(),
                 **parts,
             }
@@ -317,18 +388,28 @@ class Pipeline:
         write_report(str(self.run.report_path), result, self.manifest)
         return result
 
-    def run_all(self) -> dict:
-        """prepare → embed → retrieve → rerank → evaluate; returns the metrics."""
-        self.prepare()
-        self.embed()
-        self.retrieve()
-        self.rerank()
+    def run_all(self, resume: bool = True) -> dict:
+        """prepare → embed → retrieve → rerank → evaluate; returns the metrics.
+
+        With ``resume``, a stage that already finished with the same options (its key in the
+        manifest, its output in place) is skipped: re-running an interrupted command redoes
+        only the unfinished stage and those after it.
+        """
+        for stage in STAGES[:-1]:
+            if resume and self.is_complete(stage):
+                log.info("stage %s: up to date, skipped", stage)
+                continue
+            getattr(self, stage)()
         return self.evaluate()
 
 
-def run_pipeline(config: RunConfig) -> dict:
-    """Run every stage of ``config`` and return ``metrics.json``'s content."""
-    return Pipeline(config).run_all()
+def run_pipeline(config: RunConfig, resume: bool = True) -> dict:
+    """Run every stage of ``config`` and return ``metrics.json``'s content.
+
+    With ``resume``, stages already completed in ``config.out`` with the same options are
+    skipped.
+    """
+    return Pipeline(config).run_all(resume=resume)
 
 
 def load_config(run_dir: str) -> RunConfig | None:

@@ -1,0 +1,309 @@
+"""Reuse and resilience: the embedding cache, supplied embeddings, resume, worker failures, odd input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rerank_ray.cli import main
+from rerank_ray.config import ComputeConfig, RunConfig
+from rerank_ray.datasets import DataConfig
+from rerank_ray.embed import embed_table, embedding_matrix
+from rerank_ray.errors import DataError
+from rerank_ray.models import EmbedderOptions
+from rerank_ray.pipeline import Pipeline, run_pipeline
+from rerank_ray.rerank import RerankOptions
+
+
+def _config(msmarco, out, cache, **changes) -> RunConfig:
+    base = dict(
+        out=str(out),
+        data=DataConfig(dataset=str(msmarco / "dev.jsonl"), corpus_rows=150, num_queries=15),
+        embedder="minilm",
+        top_k=20,
+        rerank=RerankOptions(model="none"),
+        compute=ComputeConfig(rows_per_call=64),
+        cache_dir=str(cache),
+    )
+    base.update(changes)
+    return RunConfig(**base)
+
+
+def _manifest(out) -> dict:
+    return json.loads((out / "manifest.json").read_text())
+
+
+def _vectors(directory, id_column):
+    table = pq.read_table(directory)
+    order = np.argsort(np.asarray(table[id_column].to_pylist()))
+    ids = np.asarray(table[id_column].to_pylist())[order]
+    return ids, embedding_matrix(table["embedding"])[order]
+
+
+@pytest.fixture(scope="module")
+def first_run(ray_session, msmarco, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    out = tmp_path_factory.mktemp("first")
+    metrics = run_pipeline(_config(msmarco, out, cache))
+    return out, cache, metrics
+
+
+def test_a_second_run_reuses_embeddings_without_loading_the_model(
+    first_run, msmarco, tmp_path, monkeypatch
+):
+    out, cache, metrics = first_run
+    assert _manifest(out)["stages"]["embed"]["reused"] is False
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the embedding model was loaded")
+
+    monkeypatch.setattr("rerank_ray.embed.embed_table", no_model)
+    monkeypatch.setattr("rerank_ray.models.Embedder.__init__", no_model)
+    second = tmp_path / "second"
+    config = _config(
+        msmarco, second, cache, rerank=RerankOptions(model="minilm-smoke", top_k=5, max_length=64)
+    )
+    again = run_pipeline(config)
+    embed = _manifest(second)["stages"]["embed"]
+    assert embed["reused"] is True
+    assert embed["corpus"]["source"] == str(cache / "embeddings" / embed["corpus"]["cache_key"])
+    assert again["retrieval"] == metrics["retrieval"] and "rerank" in again
+    for role, column in (("corpus", "pid"), ("queries", "qid")):
+        ids_a, a = _vectors(out / "embeddings" / role, column)
+        ids_b, b = _vectors(second / "embeddings" / role, column)
+        assert ids_a.tolist() == ids_b.tolist() and np.array_equal(a, b)
+
+
+def test_changing_the_key_recomputes_and_no_cache_neither_reads_nor_writes(
+    first_run, msmarco, tmp_path
+):
+    _, cache, _ = first_run
+    shorter = tmp_path / "shorter"
+    run_pipeline(_config(msmarco, shorter, cache, embedding=EmbedderOptions(passage_max_length=32)))
+    embed = _manifest(shorter)["stages"]["embed"]
+    assert embed["corpus"]["reused"] is False  # another max length: other vectors
+    assert embed["queries"]["reused"] is True  # queries' options did not change
+    entries = len(os.listdir(cache / "embeddings"))
+    uncached = tmp_path / "uncached"
+    run_pipeline(_config(msmarco, uncached, cache, use_cache=False))
+    assert _manifest(uncached)["stages"]["embed"]["reused"] is False
+    assert len(os.listdir(cache / "embeddings")) == entries
+
+
+def _write_vectors(path, id_column, ids, vectors, as_list=True):
+    column = (
+        pa.array(vectors.tolist(), pa.list_(pa.float32()))
+        if as_list
+        else pa.array(vectors.tolist())
+    )
+    pq.write_table(pa.table({id_column: ids, "embedding": column}), path)
+
+
+def test_supplied_embeddings_give_the_same_run(first_run, msmarco, tmp_path):
+    out, cache, metrics = first_run
+    pids, corpus = _vectors(out / "embeddings" / "corpus", "pid")
+    qids, queries = _vectors(out / "embeddings" / "queries", "qid")
+    _write_vectors(
+        tmp_path / "corpus.parquet", "pid", pids.tolist()[::-1], corpus[::-1]
+    )  # any order
+    _write_vectors(tmp_path / "queries.parquet", "qid", qids.tolist(), queries)
+    run = tmp_path / "byo"
+    config = _config(
+        msmarco, run, cache, use_cache=False,
+        corpus_embeddings=str(tmp_path / "corpus.parquet"),
+        query_embeddings=str(tmp_path / "queries.parquet"),
+    )  # fmt: skip
+    assert run_pipeline(config)["retrieval"] == metrics["retrieval"]
+    assert _manifest(run)["stages"]["embed"]["corpus"]["source"] == str(tmp_path / "corpus.parquet")
+
+
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        ("nan", "row 3: embedding of .* has NaN or infinite values"),
+        ("dims", "embeddings have 5 dimensions, earlier ones 384"),
+        ("unknown", "pid nope is not in"),
+        ("duplicate", "appears twice"),
+        ("missing", "1 pids of .* have no embedding"),
+        ("column", "missing column 'embedding'"),
+    ],
+)
+def test_bad_supplied_embeddings_are_rejected(first_run, msmarco, tmp_path, damage, message):
+    out, cache, _ = first_run
+    pids, corpus = _vectors(out / "embeddings" / "corpus", "pid")
+    pids = pids.tolist()
+    path = tmp_path / "corpus.parquet"
+    if damage == "nan":
+        corpus = corpus.copy()
+        corpus[2, 7] = np.nan
+        _write_vectors(path, "pid", pids, corpus)
+    elif damage == "dims":
+        pq.write_table(
+            pa.table(
+                {
+                    "pid": pids[:1],
+                    "embedding": pa.array([corpus[0].tolist()], pa.list_(pa.float32())),
+                }
+            ),
+            tmp_path / "a.parquet",
+        )
+        _write_vectors(tmp_path / "b.parquet", "pid", pids[1:], corpus[1:, :5])
+        path = tmp_path
+    elif damage == "unknown":
+        _write_vectors(path, "pid", pids[:-1] + ["nope"], corpus)
+    elif damage == "duplicate":
+        _write_vectors(path, "pid", pids[:-1] + [pids[0]], corpus)
+    elif damage == "missing":
+        _write_vectors(path, "pid", pids[:-1], corpus[:-1])
+    else:
+        pq.write_table(pa.table({"pid": pids, "vector": corpus.tolist()}), path)
+    config = _config(msmarco, tmp_path / "run", cache, use_cache=False, corpus_embeddings=str(path))
+    with pytest.raises(DataError, match=message):
+        run_pipeline(config)
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    assert not (tmp_path / "run" / "embeddings" / "corpus").exists()
+
+
+def _cli_run(msmarco, out, cache) -> list[str]:
+    return [
+        sys.executable, "-m", "rerank_ray.cli", "run",
+        "--dataset", str(msmarco / "dev.jsonl"), "--corpus-rows", "150", "--num-queries", "15",
+        "--embedder", "minilm", "--reranker", "minilm-smoke", "--reranker-max-length", "64",
+        "--top-k", "20", "--rows-per-call", "64", "--cache-dir", str(cache), "--out", str(out),
+    ]  # fmt: skip
+
+
+def test_a_killed_run_resumes_with_the_same_metrics(first_run, msmarco, tmp_path):
+    _, cache, _ = first_run
+    out = tmp_path / "killed"
+    command = _cli_run(msmarco, out, cache)
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline:  # kill the driver once the rerank stage is under way
+        stages = _manifest(out).get("stages", {}) if (out / "manifest.json").exists() else {}
+        if "retrieve" in stages:
+            time.sleep(1.0)
+            break
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "metrics.json").exists() and not (out / "rerank.parquet").exists()
+    stages_before = _manifest(out)["stages"]
+
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    for stage in ("prepare", "embed", "retrieve"):
+        assert f"stage {stage}: up to date, skipped" in resumed.stderr
+        assert _manifest(out)["stages"][stage] == stages_before[stage]
+    assert "stage rerank: started" in resumed.stderr
+
+    undisturbed = tmp_path / "undisturbed"
+    assert (
+        subprocess.run(
+            _cli_run(msmarco, undisturbed, cache), capture_output=True, timeout=300
+        ).returncode
+        == 0
+    )
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(
+        (undisturbed / "metrics.json").read_text()
+    )
+    assert pq.read_table(out / "rerank.parquet").equals(
+        pq.read_table(undisturbed / "rerank.parquet")
+    )
+
+
+def _embed_actor_pids() -> list[int]:
+    import psutil
+
+    return [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if any("EmbedActor" in part for part in (p.info["cmdline"] or []))
+    ]
+
+
+def test_an_embedding_actor_killed_mid_run_loses_and_duplicates_nothing(
+    ray_session, first_run, tmp_path
+):
+    out, _, _ = first_run
+    table = str(out / "data" / "corpus.parquet")
+    expected_ids, expected = _vectors(out / "embeddings" / "corpus", "pid")
+    options = EmbedderOptions().resolved(_manifest(out)["models"]["embedder"]["path"])
+    killed: list[int] = []
+
+    def kill_when_busy():
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            written = [p for p in tmp_path.glob(".disturbed.tmp-*/*.parquet")]
+            pids = _embed_actor_pids()
+            if written and pids:  # the actor has finished some blocks and has more to do
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_when_busy)
+    killer.start()
+    stats = embed_table(
+        table, str(tmp_path / "disturbed"), "corpus", "minilm", options, rows_per_call=16
+    )
+    killer.join()
+    assert killed, "the actor was never killed: the test did not test anything"
+    ids, vectors = _vectors(tmp_path / "disturbed", "pid")
+    assert stats.rows == len(ids) == len(expected_ids) == 150
+    assert ids.tolist() == expected_ids.tolist()  # every id exactly once
+    assert np.min(np.sum(vectors * expected, axis=1)) > 0.9999
+
+
+def test_whitespace_only_text_is_kept_and_embedded(ray_session, tmp_path):
+    rows = [
+        {"query": "what is ray data", "positive": ["Ray Data streams blocks through actors."]},
+        {"query": "empty passage", "positive": ["   "]},
+    ]
+    source = tmp_path / "odd.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = RunConfig(
+        out=str(tmp_path / "run"),
+        data=DataConfig(dataset=str(source)),
+        embedder="minilm",
+        top_k=10,  # more than the corpus of 2
+        rerank=RerankOptions(model="none"),
+        use_cache=False,
+    )
+    metrics = Pipeline(config).run_all()["retrieval"]
+    ids, vectors = _vectors(tmp_path / "run" / "embeddings" / "corpus", "pid")
+    assert len(ids) == 2 and np.isfinite(vectors).all()
+    assert pq.read_table(tmp_path / "run" / "retrieval.parquet").num_rows == 2 * 2
+    assert metrics["recall@10"] == 1.0
+
+
+def test_queries_without_relevant_passages_are_excluded_and_counted(ray_session, msmarco, tmp_path):
+    collection = tmp_path / "collection.tsv"
+    collection.write_text("1\tRay is a framework for scaling Python.\n2\tPandas are bears.\n")
+    queries = tmp_path / "queries.tsv"
+    queries.write_text("10\twhat is ray\n11\twhat is a panda\n12\tunjudged query\n")
+    qrels = tmp_path / "qrels.tsv"
+    qrels.write_text("10 0 1 1\n11 0 2 0\n")
+    out = tmp_path / "run"
+    args = ["run", "--corpus", str(collection), "--queries", str(queries), "--qrels", str(qrels),
+            "--embedder", "minilm", "--reranker", "none", "--no-cache", "--out", str(out), "-q"]  # fmt: skip
+    assert main(args) == 0
+    evaluation = _manifest(out)["stages"]["evaluate"]
+    assert evaluation["evaluated_queries"] == 1 and evaluation["queries_without_relevant"] == 2
+    assert "2 without any were excluded" in (out / "report.md").read_text()
