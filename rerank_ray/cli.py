@@ -217,6 +217,17 @@ def _print_summary(config: RunConfig, metrics: dict) -> None:
     print(f"report: {run.report_path}")
 
 
+def _user_error_in(error: BaseException) -> UserError | None:
+    """The :class:`UserError` behind ``error``, also when a Ray task raised it remotely."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, UserError):
+            return error
+        seen.add(id(error))
+        error = getattr(error, "cause", None) or error.__cause__
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rerank-ray`` script; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -243,8 +254,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             _print_summary(config, metrics)
         else:
             print(f"{args.command}: done; run directory {pipeline.run.root}")
-    except UserError as error:
-        print(f"rerank-ray: error: {error}", file=sys.stderr)
+    except Exception as error:
+        user_error = _user_error_in(error)
+        if user_error is None:
+            raise
+        print(f"rerank-ray: error: {user_error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("rerank-ray: interrupted; completed stages are kept", file=sys.stderr)

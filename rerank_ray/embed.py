@@ -83,6 +83,44 @@ def plan_resources(
     )
 
 
+class _Counters:
+    """Totals that a pool's actors report (rows, truncated texts, tokens); one per stage run.
+
+    Counts of a batch that Ray retried after a failure are added again: the totals are exact
+    for undisturbed runs and upper bounds otherwise.
+    """
+
+    def __init__(self):
+        self.totals: dict[str, int] = {}
+
+    def add(self, counts: dict[str, int]) -> None:
+        for key, value in counts.items():
+            self.totals[key] = self.totals.get(key, 0) + value
+
+    def get(self) -> dict[str, int]:
+        return self.totals
+
+
+def start_counters():
+    """A Ray actor collecting :class:`_Counters` (no CPU reserved: it only adds numbers)."""
+    import ray
+
+    return ray.remote(num_cpus=0)(_Counters).remote()
+
+
+def report_counts(counters, stats, before: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """Send the growth of a model's :class:`BatchStats` since ``before``; return the new mark."""
+    now = (stats.rows, stats.truncated, stats.tokens, stats.padded_tokens)
+    if counters is not None:
+        names = ("rows", "truncated", "tokens", "padded_tokens")
+        import ray
+
+        # Waited for (one small round trip per call), so the totals are complete when the
+        # dataset finishes.
+        ray.get(counters.add.remote({n: a - b for n, a, b in zip(names, now, before)}))
+    return now
+
+
 class EmbedActor:
     """The callable class Ray Data runs in each actor: one model, many batches.
 
@@ -93,13 +131,17 @@ class EmbedActor:
         threads: torch intra-op threads for CPU execution.
     """
 
-    def __init__(self, model: str, options: EmbedderOptions, role: str, threads: int = 1):
+    def __init__(
+        self, model: str, options: EmbedderOptions, role: str, threads: int = 1, counters=None
+    ):
         import torch
 
         torch.set_num_threads(threads)
         self.role = role
         self.id_column = ID_COLUMN[role]
         self.embedder = Embedder(model, options)
+        self.counters = counters
+        self._mark = (0, 0, 0, 0)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         texts = batch.column("text").to_pylist()
@@ -107,6 +149,7 @@ class EmbedActor:
             vectors = self.embedder.encode_queries(texts)
         else:
             vectors = self.embedder.encode_corpus(texts)
+        self._mark = report_counts(self.counters, self.embedder.stats, self._mark)
         return pa.table(
             {self.id_column: batch.column(self.id_column), "embedding": to_fixed_size_list(vectors)}
         )
@@ -134,6 +177,7 @@ class StageStats:
     rows: int
     wall_seconds: float
     resources: dict
+    counts: dict | None = None
 
     @property
     def rows_per_second(self) -> float:
@@ -145,6 +189,7 @@ class StageStats:
             "wall_seconds": round(self.wall_seconds, 3),
             "rows_per_second": round(self.rows_per_second, 3),
             "resources": self.resources,
+            **({"counts": self.counts} if self.counts else {}),
         }
 
 
@@ -171,11 +216,13 @@ def embed_table(
     Returns:
         Rows written, wall time and the resources used.
     """
+    import ray
     import ray.data
     from ray.data import ActorPoolStrategy
 
     resources = resources or plan_resources()
     id_column = ID_COLUMN[role]
+    counters = start_counters()
     started = time.perf_counter()
     # A Parquet file reads as one block; streaming repartition cuts it into call-sized
     # blocks so that every actor of the pool gets work (without a shuffle barrier).
@@ -191,6 +238,7 @@ def embed_table(
             "options": options,
             "role": role,
             "threads": resources.threads_per_actor,
+            "counters": counters,
         },
         batch_format="pyarrow",
         batch_size=rows_per_call,
@@ -201,8 +249,13 @@ def embed_table(
     with atomic_path(output_dir) as tmp_dir:
         vectors.write_parquet(tmp_dir)
         rows = _count_rows(tmp_dir)
+    counts = ray.get(counters.get.remote())
+    ray.kill(counters)
     return StageStats(
-        rows=rows, wall_seconds=time.perf_counter() - started, resources=resources.to_dict()
+        rows=rows,
+        wall_seconds=time.perf_counter() - started,
+        resources=resources.to_dict(),
+        counts=counts,
     )
 
 

@@ -23,7 +23,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from rerank_ray.embed import ActorResources, StageStats, plan_resources
+from rerank_ray.embed import (
+    ActorResources,
+    StageStats,
+    plan_resources,
+    report_counts,
+    start_counters,
+)
 from rerank_ray.errors import ConfigError
 from rerank_ray.io import atomic_path, discard, temporary_sibling
 from rerank_ray.models import CrossEncoder, sigmoid
@@ -100,9 +106,11 @@ def pairs_of_block(block: pa.Table, candidates: list) -> pa.Table:
 class RerankActor:
     """The callable class Ray Data runs in each actor: one cross-encoder, many batches."""
 
-    def __init__(self, options: RerankOptions, threads: int = 1):
+    def __init__(self, options: RerankOptions, threads: int = 1, counters=None):
         import torch
 
+        self.counters = counters
+        self._mark = (0, 0, 0, 0)
         torch.set_num_threads(threads)
         self.scorer = CrossEncoder(
             options.model,
@@ -114,6 +122,7 @@ class RerankActor:
     def __call__(self, batch: pa.Table) -> pa.Table:
         pairs = list(zip(batch.column("query").to_pylist(), batch.column("text").to_pylist()))
         scores = self.scorer.score(pairs)
+        self._mark = report_counts(self.counters, self.scorer.stats, self._mark)
         return pa.table(
             {
                 "qid": batch.column("qid"),
@@ -179,6 +188,7 @@ def rerank_candidates(
     candidates = candidate_pairs_table(retrieval_path, queries_path, options.top_k)
     expected_pairs = candidates.num_rows
     candidates_ref = ray.put(candidates)
+    counters = start_counters()
     pairs = (
         ray.data.read_parquet(corpus_path)
         .map_batches(
@@ -192,7 +202,11 @@ def rerank_candidates(
     )
     scored = pairs.map_batches(
         RerankActor,
-        fn_constructor_kwargs={"options": options, "threads": resources.threads_per_actor},
+        fn_constructor_kwargs={
+            "options": options,
+            "threads": resources.threads_per_actor,
+            "counters": counters,
+        },
         batch_format="pyarrow",
         batch_size=rows_per_call,
         compute=ActorPoolStrategy(size=resources.actors),
@@ -213,10 +227,13 @@ def rerank_candidates(
     ranked = rank_scored_pairs(table)
     with atomic_path(output_path) as tmp:
         pq.write_table(ranked, tmp)
+    counts = ray.get(counters.get.remote())
+    ray.kill(counters)
     return StageStats(
         rows=ranked.num_rows,
         wall_seconds=time.perf_counter() - started,
         resources=resources.to_dict(),
+        counts=counts,
     )
 
 

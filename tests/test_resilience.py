@@ -271,10 +271,56 @@ def test_an_embedding_actor_killed_mid_run_loses_and_duplicates_nothing(
     assert np.min(np.sum(vectors * expected, axis=1)) > 0.9999
 
 
+def test_a_reranking_actor_killed_mid_run_loses_and_duplicates_nothing(
+    ray_session, first_run, tmp_path
+):
+    from rerank_ray.rerank import rerank_candidates
+
+    out, _, _ = first_run
+    paths = [
+        str(out / "retrieval.parquet"),
+        str(out / "data" / "corpus.parquet"),
+        str(out / "data" / "queries.parquet"),
+    ]
+    options = RerankOptions(model="minilm-smoke", top_k=10, max_length=64)
+    rerank_candidates(*paths, str(tmp_path / "calm.parquet"), options, rows_per_call=16)
+    killed: list[int] = []
+
+    def kill_when_busy():
+        import psutil
+
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            actors = [
+                p.pid
+                for p in psutil.process_iter(["cmdline"])
+                if any("RerankActor" in c for c in (p.info["cmdline"] or []))
+            ]
+            written = list(tmp_path.glob(".disturbed.parquet.tmp-*/*.parquet"))
+            if actors and written:  # some pairs scored and written, more to come
+                os.kill(actors[0], signal.SIGKILL)
+                killed.append(actors[0])
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_when_busy)
+    killer.start()
+    stats = rerank_candidates(
+        *paths, str(tmp_path / "disturbed.parquet"), options, rows_per_call=16
+    )
+    killer.join()
+    assert killed, "the actor was never killed: the test did not test anything"
+    calm = pq.read_table(tmp_path / "calm.parquet")
+    disturbed = pq.read_table(tmp_path / "disturbed.parquet")
+    assert stats.rows == disturbed.num_rows == calm.num_rows == 15 * 10
+    assert disturbed.select(["qid", "pid", "rank"]).equals(calm.select(["qid", "pid", "rank"]))
+    assert np.allclose(disturbed["score"].to_numpy(), calm["score"].to_numpy(), atol=1e-5)
+
+
 def test_whitespace_only_text_is_kept_and_embedded(ray_session, tmp_path):
     rows = [
         {"query": "what is ray data", "positive": ["Ray Data streams blocks through actors."]},
         {"query": "empty passage", "positive": ["   "]},
+        {"query": "a very long passage", "positive": ["tokens " * 3000]},
     ]
     source = tmp_path / "odd.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -288,9 +334,11 @@ def test_whitespace_only_text_is_kept_and_embedded(ray_session, tmp_path):
     )
     metrics = Pipeline(config).run_all()["retrieval"]
     ids, vectors = _vectors(tmp_path / "run" / "embeddings" / "corpus", "pid")
-    assert len(ids) == 2 and np.isfinite(vectors).all()
-    assert pq.read_table(tmp_path / "run" / "retrieval.parquet").num_rows == 2 * 2
+    assert len(ids) == 3 and np.isfinite(vectors).all()
+    assert pq.read_table(tmp_path / "run" / "retrieval.parquet").num_rows == 3 * 3  # k > corpus
     assert metrics["recall@10"] == 1.0
+    counts = _manifest(tmp_path / "run")["stages"]["embed"]["corpus"]["counts"]
+    assert counts["rows"] == 3 and counts["truncated"] == 1  # the long passage, cut at 256
 
 
 def test_queries_without_relevant_passages_are_excluded_and_counted(ray_session, msmarco, tmp_path):
