@@ -6,6 +6,7 @@ Subcommands:
     retrieve  exact top-k over the run's embeddings
     rerank    rescore the run's retrieved passages with a cross-encoder, then evaluate
     evaluate  metrics.json, report.md and report.png from the run's rankings
+    submit    any of the above as a Ray job on a cluster: rerank-ray submit --address URL -- run …
 
 A stage run on an existing run directory takes the config recorded in its manifest;
 options given on the command line override it.
@@ -185,6 +186,21 @@ def build_parser() -> argparse.ArgumentParser:
     }
     for name, text in helps.items():
         commands.add_parser(name, parents=[options], help=text, description=text)
+    submit = commands.add_parser(
+        "submit",
+        help="run a command as a Ray job on a cluster and follow it",
+        description="Submit `rerank-ray COMMAND …` as a Ray job (entrypoint jobs/<stage>.py),"
+        " follow its logs and exit with its status. Example: rerank-ray submit --address"
+        " http://127.0.0.1:8265 -- run --dataset dev.jsonl --embedder minilm --out runs/job",
+    )
+    submit.add_argument(
+        "--address",
+        default=os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS"),
+        help="the cluster's job server, e.g. http://127.0.0.1:8265 (default: $RAY_API_SERVER_ADDRESS)",
+    )
+    submit.add_argument("--working-dir", default=".", help="the checkout to send (default: .)")
+    submit.add_argument("--no-wait", dest="wait", action="store_false", help="submit and return")
+    submit.add_argument("job", nargs=argparse.REMAINDER, help="-- COMMAND [options]")
     return parser
 
 
@@ -217,6 +233,15 @@ def _print_summary(config: RunConfig, metrics: dict) -> None:
     print(f"report: {run.report_path}")
 
 
+def _submit(args: argparse.Namespace) -> int:
+    from rerank_ray.submit import submit
+
+    if not args.address:
+        raise UserError("submit needs --address (or RAY_API_SERVER_ADDRESS), e.g. http://127.0.0.1:8265")
+    job = args.job[1:] if args.job[:1] == ["--"] else args.job
+    return submit(args.address, job, working_dir=args.working_dir, wait=args.wait)
+
+
 def _user_error_in(error: BaseException) -> UserError | None:
     """The :class:`UserError` behind ``error``, also when a Ray task raised it remotely."""
     seen = set()
@@ -238,6 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
+        if args.command == "submit":
+            return _submit(args)
         config = config_from_args(args)
         from rerank_ray.pipeline import Pipeline
 

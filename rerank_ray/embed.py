@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass
 
@@ -92,13 +93,53 @@ class _Counters:
 
     def __init__(self):
         self.totals: dict[str, int] = {}
+        self.actors: list[dict] = []
 
     def add(self, counts: dict[str, int]) -> None:
         for key, value in counts.items():
             self.totals[key] = self.totals.get(key, 0) + value
 
+    def started(self, actor: dict) -> None:
+        self.actors.append(actor)
+
     def get(self) -> dict[str, int]:
         return self.totals
+
+    def started_actors(self) -> list[dict]:
+        return self.actors
+
+
+def announce_actor(counters, device: str) -> None:
+    """Tell ``counters`` where this actor runs: node, the GPUs Ray gave it, and torch's device."""
+    import ray
+
+    if counters is None:
+        return
+    context = ray.get_runtime_context()
+    ray.get(
+        counters.started.remote(
+            {
+                "node_id": context.get_node_id(),
+                "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+                "device": device,
+                "pid": os.getpid(),
+            }
+        )
+    )
+
+
+def used_resources(counters, planned: ActorResources) -> dict:
+    """The planned pool plus what its actors reported: actors started, nodes and devices."""
+    import ray
+
+    started = ray.get(counters.started_actors.remote())
+    return {
+        **planned.to_dict(),
+        "actors_started": len(started),
+        "nodes": len({a["node_id"] for a in started}),
+        "devices": sorted({a["device"] for a in started}),
+        "gpu_ids": sorted({g for a in started for g in a["gpu_ids"]}),
+    }
 
 
 def start_counters():
@@ -142,6 +183,7 @@ class EmbedActor:
         self.embedder = Embedder(model, options)
         self.counters = counters
         self._mark = (0, 0, 0, 0)
+        announce_actor(counters, self.embedder.device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         texts = batch.column("text").to_pylist()
@@ -250,11 +292,12 @@ def embed_table(
         vectors.write_parquet(tmp_dir)
         rows = _count_rows(tmp_dir)
     counts = ray.get(counters.get.remote())
+    used = used_resources(counters, resources)
     ray.kill(counters)
     return StageStats(
         rows=rows,
         wall_seconds=time.perf_counter() - started,
-        resources=resources.to_dict(),
+        resources=used,
         counts=counts,
     )
 
@@ -267,8 +310,6 @@ def _count_rows(directory: str) -> int:
 
 def embedding_files(directory: str) -> list[str]:
     """The Parquet files of an embeddings directory, in name order."""
-    import os
-
     return sorted(
         os.path.join(directory, name)
         for name in os.listdir(directory)

@@ -26,9 +26,11 @@ import pyarrow.parquet as pq
 from rerank_ray.embed import (
     ActorResources,
     StageStats,
+    announce_actor,
     plan_resources,
     report_counts,
     start_counters,
+    used_resources,
 )
 from rerank_ray.errors import ConfigError
 from rerank_ray.io import atomic_path, discard, temporary_sibling
@@ -118,6 +120,7 @@ class RerankActor:
             max_length=options.max_length,
             max_tokens_per_batch=options.max_tokens_per_batch,
         )
+        announce_actor(counters, self.scorer.device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         pairs = list(zip(batch.column("query").to_pylist(), batch.column("text").to_pylist()))
@@ -228,11 +231,12 @@ def rerank_candidates(
     with atomic_path(output_path) as tmp:
         pq.write_table(ranked, tmp)
     counts = ray.get(counters.get.remote())
+    used = used_resources(counters, resources)
     ray.kill(counters)
     return StageStats(
         rows=ranked.num_rows,
         wall_seconds=time.perf_counter() - started,
-        resources=resources.to_dict(),
+        resources=used,
         counts=counts,
     )
 

@@ -1,0 +1,45 @@
+"""Run the embedding stage on a simulated cluster whose worker nodes declare GPUs.
+
+``ray.cluster_utils.Cluster`` starts a head (CPU only) and two worker nodes with
+``num_gpus=1`` each on this machine; CUDA is absent, so the actors must land one per
+declared GPU and still run, on the CPU. Prints one JSON line for the test to check.
+
+Usage: python tests/simulated_gpu_cluster.py CORPUS_PARQUET OUT_DIR
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def main(corpus_path: str, out_dir: str) -> None:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from rerank_ray.embed import embed_table, plan_resources
+    from rerank_ray.models import EmbedderOptions, resolve_model_path
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False},
+    )
+    worker_nodes = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
+    ray.init(address=cluster.address, logging_level="ERROR")
+    try:
+        resources = plan_resources()
+        options = EmbedderOptions().resolved(resolve_model_path("minilm"))
+        stats = embed_table(
+            corpus_path, out_dir, "corpus", "minilm", options, resources, rows_per_call=32
+        )
+        gpu_node_ids = sorted(node.node_id for node in worker_nodes)
+        print(json.dumps({"stats": stats.to_dict(), "gpu_node_ids": gpu_node_ids}))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

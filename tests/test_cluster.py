@@ -1,0 +1,183 @@
+"""Clusters: the launcher config against Ray's schema, the KubeRay job, job submission to a
+local head, and actor placement on a simulated cluster whose nodes declare GPUs."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from rerank_ray.cli import build_parser
+from rerank_ray.embed import embedding_matrix
+from rerank_ray.submit import job_arguments
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _validate(config: dict) -> None:
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(copy.deepcopy(config)))
+
+
+def test_cluster_yaml_passes_rays_schema_check():
+    config = yaml.safe_load((REPO / "cluster" / "cluster.yaml").read_text())
+    _validate(config)
+    assert config["docker"]["image"].startswith("rayproject/ray:2.60.0")
+    assert any("--dashboard-host=127.0.0.1" in c for c in config["head_start_ray_commands"])
+    workers = {
+        k: v for k, v in config["available_node_types"].items() if k != config["head_node_type"]
+    }
+    assert {v["node_config"]["InstanceType"] for v in workers.values()} == {
+        "g5.xlarge",
+        "p4d.24xlarge",
+    }
+    broken = copy.deepcopy(config)
+    broken["available_node_types"]["gpu_1x"]["max_wokers"] = 2  # a typo the schema must catch
+    with pytest.raises(Exception, match="max_wokers"):
+        _validate(broken)
+
+
+def test_rayjob_entrypoint_is_a_valid_pipeline_command():
+    job = yaml.safe_load((REPO / "cluster" / "rayjob.yaml").read_text())
+    assert job["kind"] == "RayJob" and job["spec"]["rayClusterSpec"]["rayVersion"] == "2.60.0"
+    python, script, *options = shlex.split(job["spec"]["entrypoint"])
+    assert script.endswith("jobs/pipeline.py")
+    args = build_parser().parse_args(["run", *options])
+    assert args.embedder == "BAAI/bge-m3" and args.reranker == "BAAI/bge-reranker-large"
+    worker = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][
+        0
+    ]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_job_arguments_pick_the_entrypoint_and_make_local_paths_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dev.jsonl").write_text("{}\n")
+    command = job_arguments(
+        [
+            "rerank",
+            "--run",
+            "runs/a",
+            "--dataset=dev.jsonl",
+            "--reranker",
+            "minilm-smoke",
+            "--corpus",
+            "s3://b/c.parquet",
+        ]
+    )
+    assert command == [
+        "python", "jobs/rerank.py", "--run", str(tmp_path / "runs" / "a"),
+        f"--dataset={tmp_path / 'dev.jsonl'}", "--reranker", "minilm-smoke", "--corpus", "s3://b/c.parquet",
+    ]  # fmt: skip
+    with pytest.raises(Exception, match="one of run, embed"):
+        job_arguments(["--out", "x"])
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def local_head(tmp_path_factory):
+    """`ray start --head` on loopback, as the README shows, with token authentication."""
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0")
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
+    dashboard_port = _free_port()
+    head = subprocess.Popen(
+        [
+            os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", "--block",
+            "--node-ip-address=127.0.0.1", f"--port={_free_port()}", "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard_port}", "--num-cpus=2", "--disable-usage-stats",
+        ],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    address = f"http://127.0.0.1:{dashboard_port}"
+    deadline = time.time() + 90
+    while True:
+        probe = subprocess.run(
+            [sys.executable, "-c", f"from ray.job_submission import JobSubmissionClient as C; C('{address}')"],
+            env=env, capture_output=True,
+        )  # fmt: skip
+        if probe.returncode == 0:
+            break
+        assert head.poll() is None and time.time() < deadline, probe.stderr.decode()[-1000:]
+        time.sleep(1)
+    yield address, env
+    os.killpg(head.pid, signal.SIGTERM)
+    head.wait(timeout=60)
+
+
+def test_ray_job_submit_and_rerank_ray_submit_on_a_local_head(local_head, msmarco, tmp_path):
+    address, env = local_head
+    options = [
+        "--dataset", str(msmarco / "dev.jsonl"), "--corpus-rows", "60", "--num-queries", "6",
+        "--embedder", "minilm", "--reranker", "none", "--top-k", "10", "--no-cache", "-q",
+    ]  # fmt: skip
+    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+    plain = subprocess.run(
+        [ray_cli, "job", "submit", "--address", address, "--working-dir", str(REPO),
+         "--runtime-env-json", json.dumps({"excludes": [".venv", ".git", "runs"]}),
+         "--", "python", "jobs/pipeline.py", *options, "--out", str(tmp_path / "plain")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert plain.returncode == 0, plain.stdout[-2000:] + plain.stderr[-2000:]
+    ours = subprocess.run(
+        [sys.executable, "-m", "rerank_ray.cli", "submit", "--address", address, "--working-dir", str(REPO),
+         "--", "run", *options, "--out", str(tmp_path / "ours")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert ours.returncode == 0, ours.stdout[-2000:] + ours.stderr[-2000:]
+    assert "succeeded" in ours.stderr and "| retrieval |" in ours.stdout
+    first = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    assert json.loads((tmp_path / "ours" / "metrics.json").read_text()) == first
+    failing = subprocess.run(
+        [sys.executable, "-m", "rerank_ray.cli", "submit", "--address", address, "--working-dir", str(REPO),
+         "--", "run", "--dataset", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "bad")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert failing.returncode == 1 and "failed" in failing.stderr
+    assert "missing.jsonl: no such file" in failing.stdout
+
+
+def test_simulated_gpu_nodes_get_one_actor_each_and_match_the_cpu_run(
+    msmarco, tmp_path, minilm_path
+):
+    import pyarrow as pa
+
+    from rerank_ray.models import Embedder, EmbedderOptions
+
+    with open(msmarco / "dev.jsonl") as handle:
+        texts = [json.loads(next(handle))["positive"][0] for _ in range(80)]
+    corpus = tmp_path / "corpus.parquet"
+    pq.write_table(pa.table({"pid": [f"{i:03d}" for i in range(80)], "text": texts}), corpus)
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "simulated_gpu_cluster.py"), str(corpus), str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    resources = result["stats"]["resources"]
+    assert (
+        resources["actors"] == 2 and resources["num_gpus_per_actor"] == 1.0
+    )  # one per declared GPU
+    assert resources["actors_started"] == 2 and resources["nodes"] == 2  # on the two GPU nodes
+    assert resources["devices"] == ["cpu"]  # CUDA absent: torch chose the CPU
+    table = pq.read_table(tmp_path / "out").sort_by("pid")
+    assert table["pid"].to_pylist() == [f"{i:03d}" for i in range(80)]
+    expected = Embedder("minilm", EmbedderOptions(), device="cpu").encode_corpus(texts)
+    assert np.min(np.sum(embedding_matrix(table["embedding"]) * expected, axis=1)) > 0.9999
