@@ -237,7 +237,9 @@ def _submit(args: argparse.Namespace) -> int:
     from rerank_ray.submit import submit
 
     if not args.address:
-        raise UserError("submit needs --address (or RAY_API_SERVER_ADDRESS), e.g. http://127.0.0.1:8265")
+        raise UserError(
+            "submit needs --address (or RAY_API_SERVER_ADDRESS), e.g. http://127.0.0.1:8265"
+        )
     job = args.job[1:] if args.job[:1] == ["--"] else args.job
     return submit(args.address, job, working_dir=args.working_dir, wait=args.wait)
 

@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -383,22 +384,30 @@ def _iter_query_rows(config: DataConfig) -> Iterator[tuple[int, str, str, list[s
         yield index, where, query, positives
 
 
-def _prepare_from_dataset(config: DataConfig, out_dir: Path) -> PreparedData:
-    corpus = _TableWriter(str(out_dir / "corpus.parquet"), CORPUS_SCHEMA)
-    queries = _TableWriter(str(out_dir / "queries.parquet"), QUERIES_SCHEMA)
-    qrels = _TableWriter(str(out_dir / "qrels.parquet"), QRELS_SCHEMA)
-    writers = (corpus, queries, qrels)
+@contextlib.contextmanager
+def _table_writers(out_dir: Path) -> Iterator[tuple[_TableWriter, _TableWriter, _TableWriter]]:
+    """The three normalized tables; all published together, or none on an error."""
+    writers = (
+        _TableWriter(str(out_dir / "corpus.parquet"), CORPUS_SCHEMA),
+        _TableWriter(str(out_dir / "queries.parquet"), QUERIES_SCHEMA),
+        _TableWriter(str(out_dir / "qrels.parquet"), QRELS_SCHEMA),
+    )
     try:
-        if config.corpus is None:
-            _dataset_rows_to_tables(config, corpus, queries, qrels)
-        else:
-            _dataset_against_corpus(config, corpus, queries, qrels)
+        yield writers
     except BaseException:
         for writer in writers:
             writer.abort()
         raise
     for writer in writers:
         writer.close()
+
+
+def _prepare_from_dataset(config: DataConfig, out_dir: Path) -> PreparedData:
+    with _table_writers(out_dir) as (corpus, queries, qrels):
+        if config.corpus is None:
+            _dataset_rows_to_tables(config, corpus, queries, qrels)
+        else:
+            _dataset_against_corpus(config, corpus, queries, qrels)
     return PreparedData.from_writers(corpus, queries, qrels)
 
 
@@ -517,12 +526,8 @@ def _iter_corpus_table(source: str, split: str) -> Iterator[tuple[str, str]]:
 
 def _prepare_from_tables(config: DataConfig, out_dir: Path) -> PreparedData:
     # Queries and qrels are small: read and check them first, then stream the corpus once.
-    query_ids: set[str] = set()
-    queries = _TableWriter(str(out_dir / "queries.parquet"), QUERIES_SCHEMA)
-    corpus = _TableWriter(str(out_dir / "corpus.parquet"), CORPUS_SCHEMA)
-    qrels = _TableWriter(str(out_dir / "qrels.parquet"), QRELS_SCHEMA)
-    writers = (queries, corpus, qrels)
-    try:
+    with _table_writers(out_dir) as (corpus, queries, qrels):
+        query_ids: set[str] = set()
         query_names = ("qid", "id", "_id", "query_id")
         for where, qid, text in _iter_table(
             config.queries, config.split, query_names, TEXT_COLUMNS
@@ -552,12 +557,6 @@ def _prepare_from_tables(config: DataConfig, out_dir: Path) -> PreparedData:
                     f"{config.qrels}, line {line_number}: pid {pid} is not in {config.corpus}"
                 )
             qrels.add(qid, pid, relevance)
-    except BaseException:
-        for writer in writers:
-            writer.abort()
-        raise
-    for writer in writers:
-        writer.close()
     return PreparedData.from_writers(corpus, queries, qrels)
 
 

@@ -162,6 +162,43 @@ def report_counts(counters, stats, before: tuple[int, int, int, int]) -> tuple[i
     return now
 
 
+def map_with_actor_pool(
+    dataset, actor_class, constructor_kwargs: dict, resources, rows_per_call: int
+):
+    """``dataset.map_batches`` through a pool of ``actor_class`` sized by ``resources``.
+
+    Each actor also gets ``threads`` and a ``counters`` handle (returned, for
+    :func:`collect_counters`).
+    """
+    from ray.data import ActorPoolStrategy
+
+    counters = start_counters()
+    mapped = dataset.map_batches(
+        actor_class,
+        fn_constructor_kwargs={
+            **constructor_kwargs,
+            "threads": resources.threads_per_actor,
+            "counters": counters,
+        },
+        batch_format="pyarrow",
+        batch_size=rows_per_call,
+        compute=ActorPoolStrategy(size=resources.actors),
+        num_gpus=resources.num_gpus_per_actor,
+        num_cpus=resources.num_cpus_per_actor,
+    )
+    return mapped, counters
+
+
+def collect_counters(counters, resources: ActorResources) -> tuple[dict, dict]:
+    """The pool's totals and the resources it used; then the counters actor is released."""
+    import ray
+
+    counts = ray.get(counters.get.remote())
+    used = used_resources(counters, resources)
+    ray.kill(counters)
+    return counts, used
+
+
 class EmbedActor:
     """The callable class Ray Data runs in each actor: one model, many batches.
 
@@ -260,7 +297,6 @@ def embed_table(
     """
     import ray
     import ray.data
-    from ray.data import ActorPoolStrategy
 
     resources = resources or plan_resources()
     id_column = ID_COLUMN[role]
@@ -273,27 +309,17 @@ def embed_table(
         .select_columns([id_column, "text"])
         .repartition(target_num_rows_per_block=rows_per_call)
     )
-    vectors = dataset.map_batches(
+    vectors, counters = map_with_actor_pool(
+        dataset,
         EmbedActor,
-        fn_constructor_kwargs={
-            "model": model,
-            "options": options,
-            "role": role,
-            "threads": resources.threads_per_actor,
-            "counters": counters,
-        },
-        batch_format="pyarrow",
-        batch_size=rows_per_call,
-        compute=ActorPoolStrategy(size=resources.actors),
-        num_gpus=resources.num_gpus_per_actor,
-        num_cpus=resources.num_cpus_per_actor,
+        {"model": model, "options": options, "role": role},
+        resources,
+        rows_per_call,
     )
     with atomic_path(output_dir) as tmp_dir:
         vectors.write_parquet(tmp_dir)
         rows = _count_rows(tmp_dir)
-    counts = ray.get(counters.get.remote())
-    used = used_resources(counters, resources)
-    ray.kill(counters)
+    counts, used = collect_counters(counters, resources)
     return StageStats(
         rows=rows,
         wall_seconds=time.perf_counter() - started,

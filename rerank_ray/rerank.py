@@ -27,10 +27,10 @@ from rerank_ray.embed import (
     ActorResources,
     StageStats,
     announce_actor,
+    collect_counters,
+    map_with_actor_pool,
     plan_resources,
     report_counts,
-    start_counters,
-    used_resources,
 )
 from rerank_ray.errors import ConfigError
 from rerank_ray.io import atomic_path, discard, temporary_sibling
@@ -184,14 +184,12 @@ def rerank_candidates(
     """
     import ray
     import ray.data
-    from ray.data import ActorPoolStrategy
 
     resources = resources or plan_resources()
     started = time.perf_counter()
     candidates = candidate_pairs_table(retrieval_path, queries_path, options.top_k)
     expected_pairs = candidates.num_rows
     candidates_ref = ray.put(candidates)
-    counters = start_counters()
     pairs = (
         ray.data.read_parquet(corpus_path)
         .map_batches(
@@ -203,18 +201,8 @@ def rerank_candidates(
         # call-sized blocks, so every actor of the pool gets work
         .repartition(target_num_rows_per_block=rows_per_call)
     )
-    scored = pairs.map_batches(
-        RerankActor,
-        fn_constructor_kwargs={
-            "options": options,
-            "threads": resources.threads_per_actor,
-            "counters": counters,
-        },
-        batch_format="pyarrow",
-        batch_size=rows_per_call,
-        compute=ActorPoolStrategy(size=resources.actors),
-        num_gpus=resources.num_gpus_per_actor,
-        num_cpus=resources.num_cpus_per_actor,
+    scored, counters = map_with_actor_pool(
+        pairs, RerankActor, {"options": options}, resources, rows_per_call
     )
     scores_dir = temporary_sibling(output_path)
     try:
@@ -230,9 +218,7 @@ def rerank_candidates(
     ranked = rank_scored_pairs(table)
     with atomic_path(output_path) as tmp:
         pq.write_table(ranked, tmp)
-    counts = ray.get(counters.get.remote())
-    used = used_resources(counters, resources)
-    ray.kill(counters)
+    counts, used = collect_counters(counters, resources)
     return StageStats(
         rows=ranked.num_rows,
         wall_seconds=time.perf_counter() - started,

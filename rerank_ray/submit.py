@@ -48,9 +48,7 @@ def _absolute(option: str, value: str) -> str:
 def job_arguments(command: Sequence[str]) -> list[str]:
     """``[stage, options…]`` → the job's entrypoint command line, paths made absolute."""
     if not command or command[0] not in ENTRYPOINTS:
-        raise ConfigError(
-            "give the command to run after '--': one of " + ", ".join(ENTRYPOINTS)
-        )
+        raise ConfigError("give the command to run after '--': one of " + ", ".join(ENTRYPOINTS))
     stage, options = command[0], list(command[1:])
     converted = []
     for index, value in enumerate(options):

@@ -98,11 +98,13 @@ def local_head(tmp_path_factory):
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0")
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
     dashboard_port = _free_port()
+    temp_dir = tmp_path_factory.mktemp("ray-head")  # in every process's command line
     head = subprocess.Popen(
         [
             os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", "--block",
             "--node-ip-address=127.0.0.1", f"--port={_free_port()}", "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard_port}", "--num-cpus=2", "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
         ],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
@@ -118,15 +120,22 @@ def local_head(tmp_path_factory):
         assert head.poll() is None and time.time() < deadline, probe.stderr.decode()[-1000:]
         time.sleep(1)
     yield address, env
-    os.killpg(head.pid, signal.SIGTERM)
-    head.wait(timeout=60)
+    # Stop this head's processes only: `ray stop` would also stop the test session's Ray.
+    import psutil
+
+    os.killpg(head.pid, signal.SIGKILL)
+    for process in psutil.process_iter(["cmdline"]):
+        if any(str(temp_dir) in part for part in process.info["cmdline"] or []):
+            process.kill()
+    head.wait(timeout=30)
 
 
 def test_ray_job_submit_and_rerank_ray_submit_on_a_local_head(local_head, msmarco, tmp_path):
     address, env = local_head
     options = [
         "--dataset", str(msmarco / "dev.jsonl"), "--corpus-rows", "60", "--num-queries", "6",
-        "--embedder", "minilm", "--reranker", "none", "--top-k", "10", "--no-cache", "-q",
+        "--embedder", "minilm", "--reranker", "none", "--top-k", "10", "-q",
+        "--cache-dir", str(tmp_path / "cache"),  # the second job reuses the first's vectors
     ]  # fmt: skip
     ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
     plain = subprocess.run(

@@ -61,14 +61,14 @@ def read_embeddings(directory, id_column):
 @pytest.fixture(scope="module")
 def seed_run(ray_session, msmarco, tmp_path_factory):
     """The seed protocol at a size this machine runs in seconds: 400 passages, 60 queries,
-    the top 20 of each reranked by the smoke-test cross-encoder."""
+    the top 10 of each reranked by the smoke-test cross-encoder."""
     out = tmp_path_factory.mktemp("run")
     config = RunConfig(
         out=str(out),
         data=DataConfig(dataset=str(msmarco / "dev.jsonl"), corpus_rows=400, num_queries=60),
         embedder="minilm",
         top_k=100,
-        rerank=RerankOptions(model="minilm-smoke", top_k=20, max_length=128),
+        rerank=RerankOptions(model="minilm-smoke", top_k=10, max_length=128),
         compute=ComputeConfig(rows_per_call=128),  # several actor calls, several output files
     )
     metrics = run_pipeline(config)
@@ -96,13 +96,13 @@ def test_run_directory_contract(seed_run):
     report = (out / "report.md").read_text()
     assert f"{metrics['retrieval']['mrr@10']:.4f}" in report and "minilm" in report
     assert "smoke-test reranker" in report and "mean nothing" in report
-    assert "recall@100 cannot change" in report
+    assert "recall@10 and recall@100 cannot change" in report
     effect = manifest["stages"]["evaluate"]["rerank_effect"]
     assert sum(effect.values()) == 60
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     reranker = manifest["models"]["reranker"]
     assert reranker["name"] == "minilm-smoke" and reranker["fingerprint"].startswith("sha256:")
-    assert manifest["stages"]["rerank"]["rows"] == 60 * 20
+    assert manifest["stages"]["rerank"]["rows"] == 60 * 10
     assert manifest["stages"]["rerank"]["pairs_per_second"] > 0
 
 
@@ -181,13 +181,13 @@ def test_rerank_scores_equal_flagreranker_on_the_same_pairs(seed_run):
     assert np.allclose(
         [r["relevance_score"] for r in rows], 1 / (1 + np.exp(-np.array(expected))), atol=1e-5
     )
-    # the reranked candidates are exactly the top 20 retrieved, once each
+    # the reranked candidates are exactly the top 10 retrieved, once each
     retrieval = pq.read_table(out / "retrieval.parquet").to_pylist()
-    top = {(r["qid"], r["pid"], r["rank"]) for r in retrieval if r["rank"] <= 20}
+    top = {(r["qid"], r["pid"], r["rank"]) for r in retrieval if r["rank"] <= 10}
     assert {(r["qid"], r["pid"], r["retrieval_rank"]) for r in rows} == top
     for qid in queries:
         mine = sorted((r for r in rows if r["qid"] == qid), key=lambda r: r["rank"])
-        assert [r["rank"] for r in mine] == list(range(1, 21))
+        assert [r["rank"] for r in mine] == list(range(1, 11))
         assert all(a["score"] >= b["score"] for a, b in zip(mine, mine[1:]))
 
 
@@ -196,10 +196,10 @@ def test_rerank_metrics_equal_pytrec_eval_on_the_reranked_lists(seed_run):
     reranked = pq.read_table(out / "rerank.parquet").to_pylist()
     retrieval = pq.read_table(out / "retrieval.parquet").to_pylist()
     run: dict = {}
-    for r in reranked:  # the reranked top 20 first, then the retrieval's ranks 21..100
+    for r in reranked:  # the reranked top 10 first, then the retrieval's ranks 11..100
         run.setdefault(r["qid"], {})[r["pid"]] = 1000.0 - r["rank"]
     for r in retrieval:
-        if r["rank"] > 20:
+        if r["rank"] > 10:
             run[r["qid"]][r["pid"]] = 1000.0 - r["rank"]
     qrels: dict = {}
     for row in pq.read_table(out / "data" / "qrels.parquet").to_pylist():
@@ -207,7 +207,7 @@ def test_rerank_metrics_equal_pytrec_eval_on_the_reranked_lists(seed_run):
     reference = pytrec_from_run(run, qrels)
     for name in METRICS:
         assert metrics["rerank"][name] == pytest.approx(reference[name], abs=1e-12), name
-    # reranking the top 20 cannot change recall at 20 or deeper
+    # reranking the top 10 cannot change recall at 10 or deeper
     assert metrics["rerank"]["recall@100"] == metrics["retrieval"]["recall@100"]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -28,7 +30,7 @@ from rerank_ray.rerank import RerankOptions
 def _config(msmarco, out, cache, **changes) -> RunConfig:
     base = dict(
         out=str(out),
-        data=DataConfig(dataset=str(msmarco / "dev.jsonl"), corpus_rows=150, num_queries=15),
+        data=DataConfig(dataset=str(msmarco / "dev.jsonl"), corpus_rows=100, num_queries=12),
         embedder="minilm",
         top_k=20,
         rerank=RerankOptions(model="none"),
@@ -177,7 +179,7 @@ def test_bad_supplied_embeddings_are_rejected(first_run, msmarco, tmp_path, dama
 def _cli_run(msmarco, out, cache) -> list[str]:
     return [
         sys.executable, "-m", "rerank_ray.cli", "run",
-        "--dataset", str(msmarco / "dev.jsonl"), "--corpus-rows", "150", "--num-queries", "15",
+        "--dataset", str(msmarco / "dev.jsonl"), "--corpus-rows", "100", "--num-queries", "12",
         "--embedder", "minilm", "--reranker", "minilm-smoke", "--reranker-max-length", "64",
         "--top-k", "20", "--rows-per-call", "64", "--cache-dir", str(cache), "--out", str(out),
     ]  # fmt: skip
@@ -214,13 +216,9 @@ def test_a_killed_run_resumes_with_the_same_metrics(first_run, msmarco, tmp_path
         assert _manifest(out)["stages"][stage] == stages_before[stage]
     assert "stage rerank: started" in resumed.stderr
 
-    undisturbed = tmp_path / "undisturbed"
-    assert (
-        subprocess.run(
-            _cli_run(msmarco, undisturbed, cache), capture_output=True, timeout=300
-        ).returncode
-        == 0
-    )
+    undisturbed = tmp_path / "undisturbed"  # the same options, in-process, never interrupted
+    rerank = RerankOptions(model="minilm-smoke", max_length=64)
+    run_pipeline(_config(msmarco, undisturbed, cache, rerank=rerank))
     assert json.loads((out / "metrics.json").read_text()) == json.loads(
         (undisturbed / "metrics.json").read_text()
     )
@@ -229,14 +227,34 @@ def test_a_killed_run_resumes_with_the_same_metrics(first_run, msmarco, tmp_path
     )
 
 
-def _embed_actor_pids() -> list[int]:
+@contextlib.contextmanager
+def killing_an_actor(class_part: str, written: Callable[[], list]):
+    """Kill (SIGKILL) one actor process whose title has ``class_part``, once ``written()``
+    shows that it finished some blocks and has more to do; yields the killed pids."""
     import psutil
 
-    return [
-        p.pid
-        for p in psutil.process_iter(["cmdline"])
-        if any("EmbedActor" in part for part in (p.info["cmdline"] or []))
-    ]
+    killed: list[int] = []
+
+    def kill_when_busy():
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            actors = [
+                p.pid
+                for p in psutil.process_iter(["cmdline"])
+                if any(class_part in part for part in (p.info["cmdline"] or []))
+            ]
+            if actors and written():
+                os.kill(actors[0], signal.SIGKILL)
+                killed.append(actors[0])
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_when_busy)
+    killer.start()
+    try:
+        yield killed
+    finally:
+        killer.join()
+    assert killed, "the actor was never killed: the test did not test anything"
 
 
 def test_an_embedding_actor_killed_mid_run_loses_and_duplicates_nothing(
@@ -246,27 +264,12 @@ def test_an_embedding_actor_killed_mid_run_loses_and_duplicates_nothing(
     table = str(out / "data" / "corpus.parquet")
     expected_ids, expected = _vectors(out / "embeddings" / "corpus", "pid")
     options = EmbedderOptions().resolved(_manifest(out)["models"]["embedder"]["path"])
-    killed: list[int] = []
-
-    def kill_when_busy():
-        deadline = time.time() + 120
-        while time.time() < deadline and not killed:
-            written = [p for p in tmp_path.glob(".disturbed.tmp-*/*.parquet")]
-            pids = _embed_actor_pids()
-            if written and pids:  # the actor has finished some blocks and has more to do
-                os.kill(pids[0], signal.SIGKILL)
-                killed.append(pids[0])
-            time.sleep(0.05)
-
-    killer = threading.Thread(target=kill_when_busy)
-    killer.start()
-    stats = embed_table(
-        table, str(tmp_path / "disturbed"), "corpus", "minilm", options, rows_per_call=16
-    )
-    killer.join()
-    assert killed, "the actor was never killed: the test did not test anything"
+    with killing_an_actor("EmbedActor", lambda: list(tmp_path.glob(".disturbed.tmp-*/*.parquet"))):
+        stats = embed_table(
+            table, str(tmp_path / "disturbed"), "corpus", "minilm", options, rows_per_call=16
+        )
     ids, vectors = _vectors(tmp_path / "disturbed", "pid")
-    assert stats.rows == len(ids) == len(expected_ids) == 150
+    assert stats.rows == len(ids) == len(expected_ids) == 100
     assert ids.tolist() == expected_ids.tolist()  # every id exactly once
     assert np.min(np.sum(vectors * expected, axis=1)) > 0.9999
 
@@ -284,34 +287,14 @@ def test_a_reranking_actor_killed_mid_run_loses_and_duplicates_nothing(
     ]
     options = RerankOptions(model="minilm-smoke", top_k=10, max_length=64)
     rerank_candidates(*paths, str(tmp_path / "calm.parquet"), options, rows_per_call=16)
-    killed: list[int] = []
-
-    def kill_when_busy():
-        import psutil
-
-        deadline = time.time() + 120
-        while time.time() < deadline and not killed:
-            actors = [
-                p.pid
-                for p in psutil.process_iter(["cmdline"])
-                if any("RerankActor" in c for c in (p.info["cmdline"] or []))
-            ]
-            written = list(tmp_path.glob(".disturbed.parquet.tmp-*/*.parquet"))
-            if actors and written:  # some pairs scored and written, more to come
-                os.kill(actors[0], signal.SIGKILL)
-                killed.append(actors[0])
-            time.sleep(0.05)
-
-    killer = threading.Thread(target=kill_when_busy)
-    killer.start()
-    stats = rerank_candidates(
-        *paths, str(tmp_path / "disturbed.parquet"), options, rows_per_call=16
-    )
-    killer.join()
-    assert killed, "the actor was never killed: the test did not test anything"
+    written = lambda: list(tmp_path.glob(".disturbed.parquet.tmp-*/*.parquet"))  # noqa: E731
+    with killing_an_actor("RerankActor", written):
+        stats = rerank_candidates(
+            *paths, str(tmp_path / "disturbed.parquet"), options, rows_per_call=16
+        )
     calm = pq.read_table(tmp_path / "calm.parquet")
     disturbed = pq.read_table(tmp_path / "disturbed.parquet")
-    assert stats.rows == disturbed.num_rows == calm.num_rows == 15 * 10
+    assert stats.rows == disturbed.num_rows == calm.num_rows == 12 * 10
     assert disturbed.select(["qid", "pid", "rank"]).equals(calm.select(["qid", "pid", "rank"]))
     assert np.allclose(disturbed["score"].to_numpy(), calm["score"].to_numpy(), atol=1e-5)
 
