@@ -2,9 +2,10 @@
 
 ``ray.cluster_utils.Cluster`` starts a head (CPU only) and two worker nodes with
 ``num_gpus=1`` each on this machine; CUDA is absent, so the actors must land one per
-declared GPU and still run, on the CPU. Prints one JSON line for the test to check.
+declared GPU and still run, on the CPU. Writes the stage's stats and the GPU nodes' ids to
+RESULT_JSON for the test to check.
 
-Usage: python tests/simulated_gpu_cluster.py CORPUS_PARQUET OUT_DIR
+Usage: python tests/simulated_gpu_cluster.py CORPUS_PARQUET OUT_DIR RESULT_JSON
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import sys
 
 
-def main(corpus_path: str, out_dir: str) -> None:
+def main(corpus_path: str, out_dir: str, result_path: str) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
     from ray.cluster_utils import Cluster
@@ -27,7 +28,7 @@ def main(corpus_path: str, out_dir: str) -> None:
         head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False},
     )
     worker_nodes = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
-    ray.init(address=cluster.address, logging_level="ERROR")
+    ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
     try:
         resources = plan_resources()
         options = EmbedderOptions().resolved(resolve_model_path("minilm"))
@@ -35,11 +36,12 @@ def main(corpus_path: str, out_dir: str) -> None:
             corpus_path, out_dir, "corpus", "minilm", options, resources, rows_per_call=32
         )
         gpu_node_ids = sorted(node.node_id for node in worker_nodes)
-        print(json.dumps({"stats": stats.to_dict(), "gpu_node_ids": gpu_node_ids}))
+        with open(result_path, "w") as handle:
+            json.dump({"stats": stats.to_dict(), "gpu_node_ids": gpu_node_ids}, handle)
     finally:
         ray.shutdown()
         cluster.shutdown()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], sys.argv[3])

@@ -174,12 +174,14 @@ def test_simulated_gpu_nodes_get_one_actor_each_and_match_the_cpu_run(
         texts = [json.loads(next(handle))["positive"][0] for _ in range(80)]
     corpus = tmp_path / "corpus.parquet"
     pq.write_table(pa.table({"pid": [f"{i:03d}" for i in range(80)], "text": texts}), corpus)
+    result_path = tmp_path / "result.json"
+    script = REPO / "tests" / "simulated_gpu_cluster.py"
     completed = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "simulated_gpu_cluster.py"), str(corpus), str(tmp_path / "out")],
+        [sys.executable, str(script), str(corpus), str(tmp_path / "out"), str(result_path)],
         capture_output=True, text=True, timeout=400,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-3000:]
-    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    result = json.loads(result_path.read_text())
     resources = result["stats"]["resources"]
     assert (
         resources["actors"] == 2 and resources["num_gpus_per_actor"] == 1.0

@@ -1,0 +1,251 @@
+"""GPU throughput of the model stages, without downloads: bge-m3's and bge-reranker-large's
+architectures with random weights.
+
+For each precision (fp16, bf16) the script measures, on MS MARCO-length synthetic passages
+(about 80 tokens on average):
+
+* the card's dense matrix-product rate (one large ``torch.matmul``), the reference for MFU;
+* embedding tokens/s through the pipeline's actor (``rerank_ray.embed.EmbedActor``, the code
+  Ray Data calls) and through a bare loop (``FlagModel.encode_corpus``);
+* reranking tokens/s through ``rerank_ray.rerank.RerankActor`` and a bare
+  ``FlagReranker.compute_score``;
+* model FLOPs utilisation: 2 x non-embedding parameters x tokens / time / matmul rate.
+
+Ray itself is not needed: the actor classes are called directly, as Ray would.
+``--size tiny`` builds 2-layer models so the script runs on a CPU in seconds (the tests do).
+
+Usage:
+    python bench/gpu.py                      # full size, on CUDA, fits in 10 minutes on an H100
+    python bench/gpu.py --size tiny --device cpu --texts 64 --precisions fp32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+SIZES = {
+    # XLM-RoBERTa-large: bge-m3 (8194 positions) and bge-reranker-large (514 positions).
+    "full": {
+        "hidden_size": 1024,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "intermediate_size": 4096,
+    },
+    "tiny": {
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 128,
+    },
+}
+DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+WORDS = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "was",
+    "for",
+    "on",
+    "as",
+    "with",
+    "by",
+    "at",
+    "from",
+    "that",
+    "this",
+    "are",
+    "which",
+    "be",
+    "an",
+    "or",
+    "has",
+    "its",
+]
+
+
+def synthetic_passages(count: int, seed: int = 0) -> list[str]:
+    """Texts of MS MARCO-like length: 40-120 words, mean about 80 tokens with a BERT vocabulary."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(40, 120))) for _ in range(count)]
+
+
+def build_models(size: str, directory: str) -> tuple[str, str]:
+    """Random-weight embedder and cross-encoder directories (config + safetensors + tokenizer)."""
+    import torch
+    from transformers import (
+        AutoModel,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        XLMRobertaConfig,
+    )
+
+    from rerank_ray.models import resolve_model_path
+
+    # Any offline tokenizer gives realistic lengths; its ids fit XLM-R's 250,002-token vocabulary
+    # (two token types, as BERT's tokenizer marks the passage of a pair).
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
+    torch.manual_seed(0)
+    paths = []
+    for name, positions, head in (("embedder", 8194, False), ("reranker", 514, True)):
+        config = XLMRobertaConfig(
+            vocab_size=250_002, max_position_embeddings=positions, type_vocab_size=2,
+            num_labels=1, pad_token_id=tokenizer.pad_token_id, **SIZES[size],
+        )  # fmt: skip
+        model = (AutoModelForSequenceClassification if head else AutoModel).from_config(config)
+        path = os.path.join(directory, name)
+        model.save_pretrained(path, safe_serialization=True)
+        tokenizer.save_pretrained(path)
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def matmul_tflops(device: str, dtype, n: int) -> float:
+    import torch
+
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    _sync(device)
+    repeats, started = 5, time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - started) / 1e12
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def non_embedding_parameters(model) -> int:
+    return sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
+
+
+def timed(function, device: str) -> float:
+    _sync(device)
+    started = time.perf_counter()
+    function()
+    _sync(device)
+    return time.perf_counter() - started
+
+
+def measure(embedder_path, reranker_path, texts, precision, device, batch_size) -> dict:
+    import pyarrow as pa
+    import torch
+    from FlagEmbedding import FlagModel, FlagReranker
+
+    from rerank_ray.embed import EmbedActor
+    from rerank_ray.models import EmbedderOptions
+    from rerank_ray.rerank import RerankActor, RerankOptions
+
+    dtype = getattr(torch, DTYPES[precision])
+    result: dict = {"precision": precision}
+    peak = matmul_tflops(device, dtype, 8192 if device.startswith("cuda") else 1024)
+    result["matmul_tflops"] = round(peak, 2)
+
+    options = EmbedderOptions(batch_size=batch_size, max_tokens_per_batch=batch_size * 128)
+    actor = EmbedActor(embedder_path, options, "corpus", threads=os.cpu_count() or 1)
+    actor.embedder.model.to(device=device, dtype=dtype)
+    actor.embedder.device = device
+    batch = pa.table({"pid": [str(i) for i in range(len(texts))], "text": texts})
+    actor(batch.slice(0, min(len(texts), batch_size)))  # warm-up
+    tokens_before = actor.embedder.stats.tokens
+    seconds = timed(lambda: actor(batch), device)
+    tokens = actor.embedder.stats.tokens - tokens_before
+    parameters = non_embedding_parameters(actor.embedder.model)
+    result["embed_actor_tokens_per_s"] = round(tokens / seconds)
+    result["embed_actor_mfu"] = round(2 * parameters * tokens / seconds / (peak * 1e12), 4)
+
+    bare = FlagModel(
+        embedder_path, use_fp16=False, devices=[device], batch_size=batch_size, pooling_method="cls"
+    )
+    bare.model.to(device=device, dtype=dtype)
+    bare.encode_single_device(texts[:batch_size], batch_size=batch_size, device=device)  # warm-up
+    seconds = timed(
+        lambda: bare.encode_single_device(texts, batch_size=batch_size, device=device), device
+    )
+    result["embed_bare_tokens_per_s"] = round(tokens / seconds)
+    result["embed_ratio_actor_over_bare"] = round(
+        result["embed_actor_tokens_per_s"] / result["embed_bare_tokens_per_s"], 3
+    )
+
+    pairs = [(texts[i][:60], texts[(i * 7 + 1) % len(texts)]) for i in range(len(texts))]
+    rerank_options = RerankOptions(
+        model=reranker_path, batch_size=batch_size, max_tokens_per_batch=batch_size * 192
+    )
+    scorer = RerankActor(rerank_options, threads=os.cpu_count() or 1)
+    scorer.scorer.model.to(device=device, dtype=dtype)
+    scorer.scorer.device = device
+    pair_batch = pa.table({
+        "qid": [str(i) for i in range(len(pairs))], "pid": [str(i) for i in range(len(pairs))],
+        "retrieval_rank": list(range(1, len(pairs) + 1)),
+        "query": [q for q, _ in pairs], "text": [p for _, p in pairs],
+    })  # fmt: skip
+    scorer(pair_batch.slice(0, min(len(pairs), batch_size)))
+    tokens_before = scorer.scorer.stats.tokens
+    seconds = timed(lambda: scorer(pair_batch), device)
+    tokens = scorer.scorer.stats.tokens - tokens_before
+    parameters = non_embedding_parameters(scorer.scorer.model)
+    result["rerank_actor_tokens_per_s"] = round(tokens / seconds)
+    result["rerank_actor_mfu"] = round(2 * parameters * tokens / seconds / (peak * 1e12), 4)
+    bare_reranker = FlagReranker(
+        reranker_path, use_fp16=False, devices=[device], batch_size=batch_size
+    )
+    bare_reranker.model.to(device=device, dtype=dtype)
+    bare_reranker.compute_score_single_gpu(pairs[:batch_size], device=device)
+    seconds = timed(lambda: bare_reranker.compute_score_single_gpu(pairs, device=device), device)
+    result["rerank_bare_tokens_per_s"] = round(tokens / seconds)
+    result["rerank_ratio_actor_over_bare"] = round(
+        result["rerank_actor_tokens_per_s"] / result["rerank_bare_tokens_per_s"], 3
+    )
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="full")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--texts", type=int, default=20_000)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--precisions", default="fp16,bf16")
+    parser.add_argument("--output", default=None, help="also write the results as JSON here")
+    args = parser.parse_args()
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    texts = synthetic_passages(args.texts)
+    results = {
+        "size": args.size,
+        "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+        "texts": len(texts),
+        "runs": [],
+    }
+    with tempfile.TemporaryDirectory() as directory:
+        embedder_path, reranker_path = build_models(args.size, directory)
+        for precision in args.precisions.split(","):
+            run = measure(embedder_path, reranker_path, texts, precision, device, args.batch_size)
+            results["runs"].append(run)
+            print(json.dumps(run), flush=True)
+    if args.output:
+        with open(args.output, "w") as handle:
+            json.dump(results, handle, indent=2)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

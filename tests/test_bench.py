@@ -1,0 +1,38 @@
+"""The benchmark scripts run at a tiny size and report what they promise (values, not speed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_benchmark_runs_on_cpu_at_a_tiny_size(tmp_path):
+    output = tmp_path / "gpu.json"
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "gpu.py"), "--size", "tiny", "--device", "cpu",
+         "--texts", "48", "--batch-size", "16", "--precisions", "fp32", "--output", str(output)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(output.read_text())
+    assert result["size"] == "tiny" and result["device"] == "cpu" and result["texts"] == 48
+    (run,) = result["runs"]
+    for key in ("embed_actor_tokens_per_s", "embed_bare_tokens_per_s", "rerank_actor_tokens_per_s",
+                "rerank_bare_tokens_per_s", "matmul_tflops"):  # fmt: skip
+        assert run[key] > 0, key
+    assert 0 < run["embed_actor_mfu"] < 1 and 0 < run["rerank_actor_mfu"] < 1
+
+
+def test_topk_benchmark_finds_the_same_neighbours_as_faiss():
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "topk.py"), "--corpus", "6000", "--queries", "40",
+         "--k", "20", "--rows-per-file", "2000"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "same neighbours 1.0000" in completed.stdout
+    assert "retrieval stage on Ray (3 files)" in completed.stdout
