@@ -64,11 +64,13 @@ def topk_of_block(scores: np.ndarray, ids: np.ndarray, k: int) -> TopK:
     if block_size <= k:
         columns = np.broadcast_to(np.arange(block_size), (num_queries, block_size))
     else:
-        columns = np.argpartition(scores, block_size - k, axis=1)[:, block_size - k :]
-        kth = np.take_along_axis(scores, columns, 1).min(axis=1)
-        # argpartition cuts ties at the k-th score arbitrarily; redo those rows by id.
-        tied_rows = np.nonzero((scores >= kth[:, None]).sum(axis=1) > k)[0]
-        for row in tied_rows:
+        import torch  # its topk is ~20x faster than np.argpartition on a 1,000 x 67k block
+
+        values, index = torch.topk(torch.from_numpy(np.ascontiguousarray(scores)), k + 1, dim=1)
+        values, columns = values.numpy(), index.numpy()[:, :k].copy()
+        kth = values[:, k - 1]
+        # Where the (k+1)-th score equals the k-th, the cut splits a tie: redo those rows by id.
+        for row in np.nonzero(values[:, k] == kth)[0]:
             candidates = np.nonzero(scores[row] >= kth[row])[0]
             best = np.lexsort((ids[candidates], -scores[row, candidates]))[:k]
             columns[row] = candidates[best]
