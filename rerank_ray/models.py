@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -253,7 +253,6 @@ class BatchStats:
     truncated: int = 0
     tokens: int = 0
     padded_tokens: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 class Embedder:

@@ -210,7 +210,13 @@ class Pipeline:
         actor pool that computes them (then stored in the cache). When no role needs the
         model, it is never loaded.
         """
-        from rerank_ray.cache import EmbeddingCache, embedding_key, import_embeddings, role_options
+        from rerank_ray.cache import (
+            EmbeddingCache,
+            copy_tree,
+            embedding_key,
+            import_embeddings,
+            role_options,
+        )
         from rerank_ray.embed import embed_table, plan_resources
         from rerank_ray.io import atomic_path
         from rerank_ray.models import default_cache_dir, resolve_model
@@ -248,8 +254,6 @@ class Pipeline:
                     parts[role] = {"rows": rows, "reused": True, "source": supplied}
                 elif cached:
                     log.info("stage embed: %s reused from the cache %s", role, cached)
-                    from rerank_ray.cache import copy_tree
-
                     with atomic_path(str(out)) as tmp:
                         copy_tree(cached, tmp)
                     rows = getattr(prepared, "num_" + role)
