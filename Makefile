@@ -41,6 +41,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/embed_throughput.py --passages 2000
 	$(PY) bench/rerank_throughput.py --queries 50 --depth 20
+	$(PY) bench/topk.py --corpus 500000 --queries 1000 --k 100
 
 clean:
 	rm -rf runs .pytest_cache
