@@ -144,6 +144,35 @@ def timed(function, device: str) -> float:
     return time.perf_counter() - started
 
 
+def time_actor(result, stage, actor, model, batch, batch_size, device, dtype, peak) -> int:
+    """Time ``actor`` (the code Ray calls) on ``batch`` after a warm-up; record tokens/s and MFU.
+
+    ``model`` is the actor's :class:`Embedder` or :class:`CrossEncoder` (its network and
+    counters). Returns the tokens processed, which the bare loop is measured against.
+    """
+    model.model.to(device=device, dtype=dtype)
+    model.device = device
+    actor(batch.slice(0, min(batch.num_rows, batch_size)))  # warm-up
+    tokens_before = model.stats.tokens
+    seconds = timed(lambda: actor(batch), device)
+    tokens = model.stats.tokens - tokens_before
+    parameters = non_embedding_parameters(model.model)
+    result[f"{stage}_actor_tokens_per_s"] = round(tokens / seconds)
+    result[f"{stage}_actor_mfu"] = round(2 * parameters * tokens / seconds / (peak * 1e12), 4)
+    return tokens
+
+
+def time_bare(result, stage, network, tokens, device, dtype, run, rows, batch_size) -> None:
+    """Time the bare FlagEmbedding loop ``run(rows)`` on the same tokens; record the ratio."""
+    network.to(device=device, dtype=dtype)
+    run(rows[:batch_size])  # warm-up
+    seconds = timed(lambda: run(rows), device)
+    result[f"{stage}_bare_tokens_per_s"] = round(tokens / seconds)
+    result[f"{stage}_ratio_actor_over_bare"] = round(
+        result[f"{stage}_actor_tokens_per_s"] / result[f"{stage}_bare_tokens_per_s"], 3
+    )
+
+
 def measure(embedder_path, reranker_path, texts, precision, device, batch_size) -> dict:
     import pyarrow as pa
     import torch
@@ -159,59 +188,60 @@ def measure(embedder_path, reranker_path, texts, precision, device, batch_size) 
     result["matmul_tflops"] = round(peak, 2)
 
     options = EmbedderOptions(batch_size=batch_size, max_tokens_per_batch=batch_size * 128)
-    actor = EmbedActor(embedder_path, options, "corpus", threads=os.cpu_count() or 1)
-    actor.embedder.model.to(device=device, dtype=dtype)
-    actor.embedder.device = device
+    embed_actor = EmbedActor(embedder_path, options, "corpus", threads=os.cpu_count() or 1)
     batch = pa.table({"pid": [str(i) for i in range(len(texts))], "text": texts})
-    actor(batch.slice(0, min(len(texts), batch_size)))  # warm-up
-    tokens_before = actor.embedder.stats.tokens
-    seconds = timed(lambda: actor(batch), device)
-    tokens = actor.embedder.stats.tokens - tokens_before
-    parameters = non_embedding_parameters(actor.embedder.model)
-    result["embed_actor_tokens_per_s"] = round(tokens / seconds)
-    result["embed_actor_mfu"] = round(2 * parameters * tokens / seconds / (peak * 1e12), 4)
-
+    tokens = time_actor(
+        result, "embed", embed_actor, embed_actor.embedder, batch, batch_size, device, dtype, peak
+    )
     bare = FlagModel(
         embedder_path, use_fp16=False, devices=[device], batch_size=batch_size, pooling_method="cls"
     )
-    bare.model.to(device=device, dtype=dtype)
-    bare.encode_single_device(texts[:batch_size], batch_size=batch_size, device=device)  # warm-up
-    seconds = timed(
-        lambda: bare.encode_single_device(texts, batch_size=batch_size, device=device), device
-    )
-    result["embed_bare_tokens_per_s"] = round(tokens / seconds)
-    result["embed_ratio_actor_over_bare"] = round(
-        result["embed_actor_tokens_per_s"] / result["embed_bare_tokens_per_s"], 3
+    time_bare(
+        result,
+        "embed",
+        bare.model,
+        tokens,
+        device,
+        dtype,
+        lambda rows: bare.encode_single_device(rows, batch_size=batch_size, device=device),
+        texts,
+        batch_size,
     )
 
     pairs = [(texts[i][:60], texts[(i * 7 + 1) % len(texts)]) for i in range(len(texts))]
     rerank_options = RerankOptions(
         model=reranker_path, batch_size=batch_size, max_tokens_per_batch=batch_size * 192
     )
-    scorer = RerankActor(rerank_options, threads=os.cpu_count() or 1)
-    scorer.scorer.model.to(device=device, dtype=dtype)
-    scorer.scorer.device = device
+    rerank_actor = RerankActor(rerank_options, threads=os.cpu_count() or 1)
     pair_batch = pa.table({
         "qid": [str(i) for i in range(len(pairs))], "pid": [str(i) for i in range(len(pairs))],
         "retrieval_rank": list(range(1, len(pairs) + 1)),
         "query": [q for q, _ in pairs], "text": [p for _, p in pairs],
     })  # fmt: skip
-    scorer(pair_batch.slice(0, min(len(pairs), batch_size)))
-    tokens_before = scorer.scorer.stats.tokens
-    seconds = timed(lambda: scorer(pair_batch), device)
-    tokens = scorer.scorer.stats.tokens - tokens_before
-    parameters = non_embedding_parameters(scorer.scorer.model)
-    result["rerank_actor_tokens_per_s"] = round(tokens / seconds)
-    result["rerank_actor_mfu"] = round(2 * parameters * tokens / seconds / (peak * 1e12), 4)
+    tokens = time_actor(
+        result,
+        "rerank",
+        rerank_actor,
+        rerank_actor.scorer,
+        pair_batch,
+        batch_size,
+        device,
+        dtype,
+        peak,
+    )
     bare_reranker = FlagReranker(
         reranker_path, use_fp16=False, devices=[device], batch_size=batch_size
     )
-    bare_reranker.model.to(device=device, dtype=dtype)
-    bare_reranker.compute_score_single_gpu(pairs[:batch_size], device=device)
-    seconds = timed(lambda: bare_reranker.compute_score_single_gpu(pairs, device=device), device)
-    result["rerank_bare_tokens_per_s"] = round(tokens / seconds)
-    result["rerank_ratio_actor_over_bare"] = round(
-        result["rerank_actor_tokens_per_s"] / result["rerank_bare_tokens_per_s"], 3
+    time_bare(
+        result,
+        "rerank",
+        bare_reranker.model,
+        tokens,
+        device,
+        dtype,
+        lambda rows: bare_reranker.compute_score_single_gpu(rows, device=device),
+        pairs,
+        batch_size,
     )
     return result
 

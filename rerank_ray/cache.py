@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rerank_ray.embed import to_fixed_size_list
 from rerank_ray.errors import DataError
 from rerank_ray.io import atomic_path
 
@@ -196,8 +197,6 @@ def import_embeddings(source: str, table_path: str, id_column: str, target_dir: 
                             f"{path}, row {row + offset + 1}: {id_column} {identifier} appears twice"
                         )
                     seen.add(identifier)
-                from rerank_ray.embed import to_fixed_size_list
-
                 out = pa.table(
                     {
                         id_column: pa.array(ids, pa.string()),

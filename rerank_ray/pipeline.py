@@ -365,7 +365,7 @@ class Pipeline:
             rankings["retrieval"] = read_ranking(str(self.run.retrieval_path))
             if reranked:
                 rankings["rerank"] = reranked_rankings(
-                    str(self.run.rerank_path), str(self.run.retrieval_path)
+                    str(self.run.rerank_path), rankings["retrieval"]
                 )
             stats: dict = {}
             for stage, ranking in rankings.items():

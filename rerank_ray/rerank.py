@@ -99,7 +99,7 @@ def pairs_of_block(block: pa.Table, candidates: list) -> pa.Table:
     """
     import ray
 
-    table = candidates[0] if isinstance(candidates[0], pa.Table) else ray.get(candidates[0])
+    table = ray.get(candidates[0])
     passages = block.select(["pid", "text"])
     pairs = table.join(passages, keys="pid", join_type="inner")
     return pairs.select(["qid", "pid", "retrieval_rank", "query", "text"])
@@ -227,16 +227,19 @@ def rerank_candidates(
     )
 
 
-def reranked_rankings(rerank_path: str, retrieval_path: str) -> dict[str, list[str]]:
+def reranked_rankings(rerank_path: str, retrieved: dict[str, list[str]]) -> dict[str, list[str]]:
     """Per-query rankings after reranking: the reranked top, then the rest of the retrieval.
 
     Reranking the top ``n`` reorders only those ``n``; deeper retrieved passages keep their
     places after them, so metrics at cutoffs beyond ``n`` stay comparable.
+
+    Args:
+        rerank_path: ``rerank.parquet``.
+        retrieved: The retrieval rankings (``read_ranking`` of ``retrieval.parquet``).
     """
     from rerank_ray.search import read_ranking
 
     reranked = read_ranking(rerank_path)
-    retrieved = read_ranking(retrieval_path)
     rankings = {}
     for qid, ranking in retrieved.items():
         head = reranked.get(qid, [])
