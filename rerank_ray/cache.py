@@ -51,11 +51,13 @@ def role_options(options, role: str) -> dict:
             "max_length": options.query_max_length,
             "instruction": options.query_instruction,
             "normalize": options.normalize,
+            "storage": options.storage,
         }
     return {
         "pooling": options.pooling,
         "max_length": options.passage_max_length,
         "normalize": options.normalize,
+        "storage": options.storage,
     }
 
 
@@ -140,7 +142,9 @@ def pc_list_lengths(column: pa.Array) -> np.ndarray:
     return pc.list_value_length(column).to_numpy(zero_copy_only=False)
 
 
-def import_embeddings(source: str, table_path: str, id_column: str, target_dir: str) -> int:
+def import_embeddings(
+    source: str, table_path: str, id_column: str, target_dir: str, storage: str = "float32"
+) -> int:
     """Check user-supplied embeddings against a normalized table and write them to the run.
 
     Each id of the table must have exactly one finite vector, all of one dimension.
@@ -150,6 +154,7 @@ def import_embeddings(source: str, table_path: str, id_column: str, target_dir: 
         table_path: The normalized ``corpus`` or ``queries`` table they belong to.
         id_column: ``pid`` or ``qid``.
         target_dir: The run's embeddings directory (published atomically).
+        storage: ``float32`` or ``float16``, as the run stores vectors.
 
     Returns:
         The number of vectors.
@@ -200,7 +205,7 @@ def import_embeddings(source: str, table_path: str, id_column: str, target_dir: 
                 out = pa.table(
                     {
                         id_column: pa.array(ids, pa.string()),
-                        "embedding": to_fixed_size_list(vectors),
+                        "embedding": to_fixed_size_list(vectors, storage),
                     }
                 )
                 if writer is None:

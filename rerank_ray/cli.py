@@ -45,6 +45,7 @@ OPTION_PATHS = {
     "normalize": "embedding.normalize",
     "batch_size": "embedding.batch_size",
     "max_tokens_per_batch": "embedding.max_tokens_per_batch",
+    "embedding_storage": "embedding.storage",
     "reranker": "rerank.model",
     "rerank_top_k": "rerank.top_k",
     "reranker_max_length": "rerank.max_length",
@@ -108,6 +109,11 @@ def _options_parser() -> argparse.ArgumentParser:
     )
     model.add_argument(
         "--max-tokens-per-batch", type=int, metavar="N", help="most padded tokens per forward pass"
+    )
+    model.add_argument(
+        "--embedding-storage",
+        choices=("float32", "float16"),
+        help="how vectors are stored: float16 halves the files and the search memory",
     )
     model.add_argument(
         "--corpus-embeddings",

@@ -1,14 +1,17 @@
 """The embedding stage: a Ray Data actor pool around :class:`rerank_ray.models.Embedder`.
 
-The corpus (or query) table is read as a stream of blocks, each block goes through
-``map_batches`` into a pool of actors that each load the model once, and Ray Data writes the
-vectors as Parquet files ``(pid|qid, embedding: fixed_size_list<float32>[dim])``. The driver
-only plans the job: it never holds texts or vectors.
+The corpus and query tables are read as one stream of blocks (each row tagged with its
+role), each block goes through ``map_batches`` into a pool of actors that each load the model
+once, and a datasink writes the vectors as Parquet files per role
+``(pid|qid, embedding: fixed_size_list<float32|float16>[dim])``. The driver only plans the
+job: it never holds texts or vectors.
 
 Example:
-    >>> from rerank_ray.embed import embed_table
-    >>> stats = embed_table("data/corpus.parquet", "embeddings/corpus", role="corpus",
-    ...                     model="minilm", options=EmbedderOptions())  # doctest: +SKIP
+    >>> from rerank_ray.embed import embed_tables
+    >>> stats = embed_tables(
+    ...     {"corpus": ("data/corpus.parquet", "embeddings/corpus"),
+    ...      "queries": ("data/queries.parquet", "embeddings/queries")},
+    ...     model="minilm", options=EmbedderOptions())  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from rerank_ray.io import atomic_path
+from rerank_ray.io import discard, publish, temporary_sibling
 from rerank_ray.models import Embedder, EmbedderOptions
 
 ID_COLUMN = {"corpus": "pid", "queries": "qid"}
@@ -149,11 +153,19 @@ def start_counters():
     return ray.remote(num_cpus=0)(_Counters).remote()
 
 
-def report_counts(counters, stats, before: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
-    """Send the growth of a model's :class:`BatchStats` since ``before``; return the new mark."""
+def report_counts(
+    counters, stats, before: tuple[int, int, int, int], prefix: str = ""
+) -> tuple[int, int, int, int]:
+    """Send the growth of a model's :class:`BatchStats` since ``before``; return the new mark.
+
+    With a ``prefix`` (a role), the counts are named ``<prefix>.rows`` and so on.
+    """
     now = (stats.rows, stats.truncated, stats.tokens, stats.padded_tokens)
     if counters is not None:
-        names = ("rows", "truncated", "tokens", "padded_tokens")
+        names = [
+            f"{prefix}.{n}" if prefix else n
+            for n in ("rows", "truncated", "tokens", "padded_tokens")
+        ]
         import ray
 
         # Waited for (one small round trip per call), so the totals are complete when the
@@ -202,50 +214,73 @@ def collect_counters(counters, resources: ActorResources) -> tuple[dict, dict]:
 class EmbedActor:
     """The callable class Ray Data runs in each actor: one model, many batches.
 
+    A batch is either one role's table (``pid|qid, text``, with ``role`` given) or a tagged
+    table (``id, text, role`` per row, as :func:`embed_tables` streams corpus and queries
+    through one pool); the output keeps the input's layout, with ``embedding`` for ``text``.
+
     Args:
         model: Alias, local directory or Hub name (resolved on the actor's node).
         options: Embedding options.
-        role: ``corpus`` or ``queries`` (picks the id column, max length, instruction).
+        role: ``corpus`` or ``queries`` for one-role batches (picks the id column, max length,
+            instruction); ``None`` for tagged batches.
         threads: torch intra-op threads for CPU execution.
     """
 
     def __init__(
-        self, model: str, options: EmbedderOptions, role: str, threads: int = 1, counters=None
+        self,
+        model: str,
+        options: EmbedderOptions,
+        role: str | None = None,
+        threads: int = 1,
+        counters=None,
     ):
         import torch
 
         torch.set_num_threads(threads)
         self.role = role
-        self.id_column = ID_COLUMN[role]
         self.embedder = Embedder(model, options)
         self.counters = counters
         self._mark = (0, 0, 0, 0)
         announce_actor(counters, self.embedder.device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        texts = batch.column("text").to_pylist()
-        if self.role == "queries":
+        if "role" not in batch.column_names:
+            vectors = self._encode(batch.column("text").to_pylist(), self.role)
+            id_column = ID_COLUMN[self.role]
+            return pa.table({id_column: batch.column(id_column), "embedding": vectors})
+        parts = []
+        for role in batch.column("role").unique().to_pylist():
+            rows = batch.filter(pc.equal(batch.column("role"), role))
+            vectors = self._encode(rows.column("text").to_pylist(), role)
+            parts.append(rows.select(["id", "role"]).append_column("embedding", vectors))
+        return pa.concat_tables(parts)
+
+    def _encode(self, texts: list[str], role: str) -> pa.FixedSizeListArray:
+        if role == "queries":
             vectors = self.embedder.encode_queries(texts)
         else:
             vectors = self.embedder.encode_corpus(texts)
-        self._mark = report_counts(self.counters, self.embedder.stats, self._mark)
-        return pa.table(
-            {self.id_column: batch.column(self.id_column), "embedding": to_fixed_size_list(vectors)}
-        )
+        self._mark = report_counts(self.counters, self.embedder.stats, self._mark, role)
+        return to_fixed_size_list(vectors, self.embedder.options.storage)
 
 
-def to_fixed_size_list(vectors: np.ndarray) -> pa.FixedSizeListArray:
-    """A ``(n, dim)`` float32 array as an Arrow ``fixed_size_list<float32>[dim]`` column."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+def to_fixed_size_list(vectors: np.ndarray, dtype: str = "float32") -> pa.FixedSizeListArray:
+    """A ``(n, dim)`` array as an Arrow ``fixed_size_list<float32|float16>[dim]`` column."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.dtype(dtype))
     return pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
 
 
-def embedding_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """The inverse of :func:`to_fixed_size_list`: an Arrow vector column as a 2-D array."""
+def embedding_matrix(column: pa.ChunkedArray | pa.Array, keep_dtype: bool = False) -> np.ndarray:
+    """The inverse of :func:`to_fixed_size_list`: an Arrow vector column as a 2-D array.
+
+    float32 unless ``keep_dtype``, which keeps float16 storage as float16 (half the memory).
+    """
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     width = column.type.list_size
     values = column.flatten().to_numpy(zero_copy_only=False)
+    if keep_dtype and values.dtype in (np.float16, np.float32):
+        return values.reshape(-1, width)
     return values.reshape(-1, width).astype(np.float32, copy=False)
 
 
@@ -281,51 +316,114 @@ def embed_table(
     resources: ActorResources | None = None,
     rows_per_call: int = ROWS_PER_CALL,
 ) -> StageStats:
-    """Embed a normalized ``corpus`` or ``queries`` table into Parquet files under ``output_dir``.
+    """Embed one normalized ``corpus`` or ``queries`` table (see :func:`embed_tables`)."""
+    stats = embed_tables({role: (table_path, output_dir)}, model, options, resources, rows_per_call)
+    return stats[role]
+
+
+def embed_tables(
+    tables: dict[str, tuple[str, str]],
+    model: str,
+    options: EmbedderOptions,
+    resources: ActorResources | None = None,
+    rows_per_call: int = ROWS_PER_CALL,
+) -> dict[str, StageStats]:
+    """Embed normalized tables through one actor pool, into Parquet files per role.
+
+    Corpus and queries stream through the same actors, so the model is loaded once per actor
+    for both (an actor start costs seconds on a CPU and more for a large model on a GPU).
 
     Args:
-        table_path: Parquet table with the id column and ``text``.
-        output_dir: Directory that receives the embedding files; published atomically.
-        role: ``corpus`` or ``queries``.
+        tables: ``{role: (table_path, output_dir)}``; ``role`` is ``corpus`` or ``queries``,
+            the table has the role's id column and ``text``, the directory receives the
+            embedding files and is published atomically (all of them, or none).
         model: Alias, local directory or Hub name.
         options: Embedding options.
         resources: The actor pool; sized from the cluster when ``None``.
         rows_per_call: Rows per actor call.
 
     Returns:
-        Rows written, wall time and the resources used.
+        Per role: rows written, the pool's wall time (shared) and resources, counts.
     """
-    import ray
     import ray.data
 
     resources = resources or plan_resources()
-    id_column = ID_COLUMN[role]
-    counters = start_counters()
     started = time.perf_counter()
-    # A Parquet file reads as one block; streaming repartition cuts it into call-sized
+    streams = []
+    for role, (table_path, _) in sorted(tables.items(), reverse=True):  # queries first: short
+        stream = ray.data.read_parquet(table_path).select_columns([ID_COLUMN[role], "text"])
+        streams.append(
+            stream.map_batches(_tagged, fn_kwargs={"role": role}, batch_format="pyarrow")
+        )
+    # A Parquet file reads as one block; streaming repartition cuts the stream into call-sized
     # blocks so that every actor of the pool gets work (without a shuffle barrier).
-    dataset = (
-        ray.data.read_parquet(table_path)
-        .select_columns([id_column, "text"])
-        .repartition(target_num_rows_per_block=rows_per_call)
-    )
+    dataset = streams[0].union(*streams[1:]) if len(streams) > 1 else streams[0]
+    dataset = dataset.repartition(target_num_rows_per_block=rows_per_call)
     vectors, counters = map_with_actor_pool(
-        dataset,
-        EmbedActor,
-        {"model": model, "options": options, "role": role},
-        resources,
-        rows_per_call,
+        dataset, EmbedActor, {"model": model, "options": options}, resources, rows_per_call
     )
-    with atomic_path(output_dir) as tmp_dir:
-        vectors.write_parquet(tmp_dir)
-        rows = _count_rows(tmp_dir)
+    temporary = {role: temporary_sibling(out) for role, (_, out) in tables.items()}
+    try:
+        vectors.write_datasink(_role_files(temporary))
+        for directory in temporary.values():
+            os.makedirs(directory, exist_ok=True)  # a role with no rows still gets its directory
+        rows = {role: _count_rows(directory) for role, directory in temporary.items()}
+    except BaseException:
+        for directory in temporary.values():
+            discard(directory)
+        raise
+    for role, (_, out) in tables.items():
+        publish(temporary[role], out)
     counts, used = collect_counters(counters, resources)
-    return StageStats(
-        rows=rows,
-        wall_seconds=time.perf_counter() - started,
-        resources=used,
-        counts=counts,
+    wall = time.perf_counter() - started
+    return {
+        role: StageStats(
+            rows=rows[role],
+            wall_seconds=wall,
+            resources={**used, "roles_in_pool": sorted(tables)},
+            counts={k.split(".", 1)[1]: v for k, v in counts.items() if k.startswith(role + ".")},
+        )
+        for role in tables
+    }
+
+
+def _tagged(batch: pa.Table, role: str) -> pa.Table:
+    """``pid|qid, text`` as ``id, text, role``: one schema for both roles' rows."""
+    return pa.table(
+        {"id": batch.column(0), "text": batch.column("text"), "role": pa.array([role] * len(batch))}
     )
+
+
+def _role_files(directories: dict[str, str]):
+    """A Ray Data datasink writing tagged embedding rows to one directory per role.
+
+    Rows of ``role`` go to ``directories[role]`` as ``(pid|qid, embedding)`` Parquet files, so
+    corpus and queries can share one actor pool and still land in the run's layout. File
+    names derive from the write task's index: a retried task rewrites its own files.
+    """
+    from ray.data import Datasink  # here: ray.data costs a second to import
+
+    class RoleFiles(Datasink):
+        def write(self, blocks, ctx) -> dict[str, int]:
+            return _write_role_files(blocks, ctx.task_idx, directories)
+
+    return RoleFiles()
+
+
+def _write_role_files(blocks, task_index: int, directories: dict[str, str]) -> dict[str, int]:
+    from ray.data.block import BlockAccessor
+
+    counts: dict[str, int] = {}
+    for index, block in enumerate(blocks):
+        table = BlockAccessor.for_block(block).to_arrow()
+        for role in table.column("role").unique().to_pylist():
+            rows = table.filter(pc.equal(table.column("role"), role))
+            out = pa.table({ID_COLUMN[role]: rows.column("id"), "embedding": rows["embedding"]})
+            os.makedirs(directories[role], exist_ok=True)
+            name = f"part-{task_index:06d}-{index:04d}.parquet"
+            pq.write_table(out, os.path.join(directories[role], name))
+            counts[role] = counts.get(role, 0) + out.num_rows
+    return counts
 
 
 def _count_rows(directory: str) -> int:

@@ -193,6 +193,8 @@ class EmbedderOptions:
         batch_size: Most texts per forward pass.
         max_tokens_per_batch: Most padded tokens per forward pass; long texts get smaller
             batches.
+        storage: ``float32`` or ``float16``: how the vectors are stored. float16 halves the
+            embedding files and the search's memory; the search scores what is stored, exactly.
     """
 
     pooling: str | None = None
@@ -202,10 +204,15 @@ class EmbedderOptions:
     normalize: bool = True
     batch_size: int = 64
     max_tokens_per_batch: int = 16_384
+    storage: str = "float32"
 
     def __post_init__(self):
         if self.pooling not in (None, "cls", "mean"):
             raise ConfigError(f"--pooling must be cls or mean, got {self.pooling!r}")
+        if self.storage not in ("float32", "float16"):
+            raise ConfigError(
+                f"--embedding-storage must be float32 or float16, got {self.storage!r}"
+            )
         for name in ("query_max_length", "passage_max_length", "batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -222,6 +229,7 @@ class EmbedderOptions:
             normalize=self.normalize,
             batch_size=self.batch_size,
             max_tokens_per_batch=self.max_tokens_per_batch,
+            storage=self.storage,
         )
 
 

@@ -217,7 +217,7 @@ class Pipeline:
             import_embeddings,
             role_options,
         )
-        from rerank_ray.embed import embed_table, plan_resources
+        from rerank_ray.embed import embed_tables, plan_resources
         from rerank_ray.io import atomic_path
         from rerank_ray.models import default_cache_dir, resolve_model
 
@@ -239,18 +239,21 @@ class Pipeline:
         )  # fmt: skip
 
         def work() -> dict:
-            parts = {}
+            started = time.perf_counter()
+            parts, keys, to_compute = {}, {}, {}
             for role, table, content_hash, out, supplied in roles:
                 out.parent.mkdir(parents=True, exist_ok=True)
-                key = embedding_key(
+                keys[role] = embedding_key(
                     embedder.fingerprint, role_options(options, role), role, content_hash, dtype
                 )
-                started = time.perf_counter()
-                cached = cache.lookup(key) if self.config.use_cache and content_hash else None
+                role_started = time.perf_counter()
+                cached = (
+                    cache.lookup(keys[role]) if self.config.use_cache and content_hash else None
+                )
                 if supplied:
                     log.info("stage embed: %s from %s", role, supplied)
                     id_column = "pid" if role == "corpus" else "qid"
-                    rows = import_embeddings(supplied, table, id_column, str(out))
+                    rows = import_embeddings(supplied, table, id_column, str(out), options.storage)
                     parts[role] = {"rows": rows, "reused": True, "source": supplied}
                 elif cached:
                     log.info("stage embed: %s reused from the cache %s", role, cached)
@@ -259,23 +262,29 @@ class Pipeline:
                     rows = getattr(prepared, "num_" + role)
                     parts[role] = {"rows": rows, "reused": True, "source": cached}
                 else:
-                    log.info("stage embed: %s", role)
-                    stats = embed_table(
-                        table,
-                        str(out),
-                        role=role,
-                        model=self.config.embedder,
-                        options=options,
-                        resources=resources,
-                        rows_per_call=self.config.compute.rows_per_call,
-                    )
+                    to_compute[role] = (table, str(out))
+                    continue
+                parts[role]["wall_seconds"] = round(time.perf_counter() - role_started, 3)
+            if to_compute:
+                log.info("stage embed: %s, one actor pool", " and ".join(sorted(to_compute)))
+                computed = embed_tables(
+                    to_compute,
+                    model=self.config.embedder,
+                    options=options,
+                    resources=resources,
+                    rows_per_call=self.config.compute.rows_per_call,
+                )
+                for role, stats in computed.items():
                     parts[role] = {**stats.to_dict(), "reused": False}
+                    content_hash = getattr(
+                        prepared, ("corpus" if role == "corpus" else "queries") + "_hash"
+                    )
                     if self.config.use_cache and content_hash:
-                        parts[role]["cached_at"] = cache.store(key, str(out))
-                parts[role]["cache_key"] = key
-                parts[role].setdefault("wall_seconds", round(time.perf_counter() - started, 3))
+                        parts[role]["cached_at"] = cache.store(keys[role], to_compute[role][1])
+            for role in parts:
+                parts[role]["cache_key"] = keys[role]
             rows = sum(p["rows"] for p in parts.values())
-            wall = sum(p["wall_seconds"] for p in parts.values())
+            wall = time.perf_counter() - started
             return {
                 "rows": rows,
                 "wall_seconds": round(wall, 3),

@@ -1,9 +1,10 @@
-"""Run the embedding stage on a simulated cluster whose worker nodes declare GPUs.
+"""Run the embedding and retrieval stages on a simulated cluster whose worker nodes declare GPUs.
 
 ``ray.cluster_utils.Cluster`` starts a head (CPU only) and two worker nodes with
 ``num_gpus=1`` each on this machine; CUDA is absent, so the actors must land one per
-declared GPU and still run, on the CPU. Writes the stage's stats and the GPU nodes' ids to
-RESULT_JSON for the test to check.
+declared GPU and still run, on the CPU, and the search tasks (one GPU each) likewise. The
+first five passages' vectors serve as queries. Writes both stages' stats and the GPU nodes'
+ids to RESULT_JSON for the test to check.
 
 Usage: python tests/simulated_gpu_cluster.py CORPUS_PARQUET OUT_DIR RESULT_JSON
 """
@@ -17,11 +18,13 @@ import sys
 
 def main(corpus_path: str, out_dir: str, result_path: str) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import pyarrow.parquet as pq
     import ray
     from ray.cluster_utils import Cluster
 
     from rerank_ray.embed import embed_table, plan_resources
     from rerank_ray.models import EmbedderOptions, resolve_model_path
+    from rerank_ray.search import exact_search
 
     cluster = Cluster(
         initialize_head=True,
@@ -35,9 +38,22 @@ def main(corpus_path: str, out_dir: str, result_path: str) -> None:
         stats = embed_table(
             corpus_path, out_dir, "corpus", "minilm", options, resources, rows_per_call=32
         )
+        queries = (
+            pq.read_table(out_dir).sort_by("pid").slice(0, 5).rename_columns(["qid", "embedding"])
+        )
+        os.makedirs(out_dir + "-queries")
+        pq.write_table(queries, os.path.join(out_dir + "-queries", "part-0.parquet"))
+        search = exact_search(out_dir, out_dir + "-queries", out_dir + "-retrieval.parquet", k=10)
         gpu_node_ids = sorted(node.node_id for node in worker_nodes)
         with open(result_path, "w") as handle:
-            json.dump({"stats": stats.to_dict(), "gpu_node_ids": gpu_node_ids}, handle)
+            json.dump(
+                {
+                    "stats": stats.to_dict(),
+                    "search": search.to_dict(),
+                    "gpu_node_ids": gpu_node_ids,
+                },
+                handle,
+            )
     finally:
         ray.shutdown()
         cluster.shutdown()

@@ -30,9 +30,10 @@ def test_gpu_benchmark_runs_on_cpu_at_a_tiny_size(tmp_path):
 def test_topk_benchmark_finds_the_same_neighbours_as_faiss():
     completed = subprocess.run(
         [sys.executable, str(REPO / "bench" / "topk.py"), "--corpus", "6000", "--queries", "40",
-         "--k", "20", "--rows-per-file", "2000"],
+         "--k", "20", "--rows-per-file", "2000", "--repeats", "1", "--check-queries", "40"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-3000:]
-    assert "same neighbours 1.0000" in completed.stdout
+    assert "same neighbours as faiss 1.0000" in completed.stdout
+    assert "float64 ground truth (40 queries): pipeline 1.0000" in completed.stdout
     assert "retrieval stage on Ray (3 files)" in completed.stdout

@@ -191,4 +191,19 @@ def test_simulated_gpu_nodes_get_one_actor_each_and_match_the_cpu_run(
     table = pq.read_table(tmp_path / "out").sort_by("pid")
     assert table["pid"].to_pylist() == [f"{i:03d}" for i in range(80)]
     expected = Embedder("minilm", EmbedderOptions(), device="cpu").encode_corpus(texts)
-    assert np.min(np.sum(embedding_matrix(table["embedding"]) * expected, axis=1)) > 0.9999
+    vectors = embedding_matrix(table["embedding"])
+    assert np.min(np.sum(vectors * expected, axis=1)) > 0.9999
+
+    # The search tasks reserved one GPU each, so they ran on the GPU nodes, on the CPU.
+    search = result["search"]["resources"]
+    assert search["num_gpus_per_task"] == 1 and search["devices"] == ["cpu"]
+    assert set(search["node_ids"]) <= set(result["gpu_node_ids"]) and search["tasks"] >= 2
+    retrieval = pq.read_table(str(tmp_path / "out") + "-retrieval.parquet").sort_by(
+        [("qid", "ascending"), ("rank", "ascending")]
+    )
+    pids = np.array(table["pid"].to_pylist())
+    wide = vectors.astype(np.float64)
+    for q in range(5):
+        scores = wide @ wide[q]
+        expected_ids = pids[np.lexsort((pids, -scores))[:10]].tolist()
+        assert retrieval["pid"].to_pylist()[q * 10 : (q + 1) * 10] == expected_ids

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import pytrec_eval
@@ -19,6 +20,7 @@ from rerank_ray.cli import main
 from rerank_ray.config import ComputeConfig, RunConfig
 from rerank_ray.datasets import DataConfig
 from rerank_ray.embed import embedding_matrix
+from rerank_ray.models import EmbedderOptions
 from rerank_ray.pipeline import run_pipeline
 from rerank_ray.rerank import RerankOptions
 
@@ -89,6 +91,10 @@ def test_run_directory_contract(seed_run):
         assert manifest["stages"][stage]["wall_seconds"] > 0
     assert manifest["stages"]["embed"]["resources"]["actors"] == 1
     assert manifest["stages"]["embed"]["resources"]["num_gpus_per_actor"] == 0
+    for role, rows in (("corpus", 400), ("queries", 60)):  # one pool, one actor, both roles
+        part = manifest["stages"]["embed"][role]
+        assert part["resources"]["roles_in_pool"] == ["corpus", "queries"]
+        assert part["resources"]["actors_started"] == 1 and part["counts"]["rows"] == rows
     assert manifest["versions"]["ray"] == "2.60.0"
     retrieval = pq.read_table(out / "retrieval.parquet")
     assert retrieval.schema.names == ["qid", "pid", "rank", "score"]
@@ -152,9 +158,9 @@ def test_embeddings_and_retrieval_equal_bare_flagmodel_and_numpy(seed_run):
     for name in METRICS:
         assert metrics["retrieval"][name] == pytest.approx(bare[name], abs=1e-9), name
 
-    # The pipeline's own top-k equals brute force over its own embeddings.
+    # The pipeline's own top-k equals float64 brute force over its own embeddings.
     retrieval = pq.read_table(out / "retrieval.parquet").to_pylist()
-    ours_scores = ours_q @ ours_c.T
+    ours_scores = ours_q.astype(np.float64) @ ours_c.astype(np.float64).T
     for q, qid in enumerate(queries["qid"]):
         got = [r for r in retrieval if r["qid"] == qid]
         expected = np.lexsort((pids, -ours_scores[q]))[:100]
@@ -209,6 +215,66 @@ def test_rerank_metrics_equal_pytrec_eval_on_the_reranked_lists(seed_run):
         assert metrics["rerank"][name] == pytest.approx(reference[name], abs=1e-12), name
     # reranking the top 10 cannot change recall at 10 or deeper
     assert metrics["rerank"]["recall@100"] == metrics["retrieval"]["recall@100"]
+
+
+def test_float16_storage_halves_the_files_and_keeps_the_metrics(seed_run, msmarco, tmp_path):
+    """The seed run's vectors, supplied to a float16 run: half the bytes, the top-k exact over
+    the float16 vectors, recall@100 unchanged."""
+    out, metrics = seed_run
+    half = tmp_path / "half"
+    config = RunConfig(
+        out=str(half),
+        data=DataConfig(dataset=str(msmarco / "dev.jsonl"), corpus_rows=400, num_queries=60),
+        embedder="minilm",
+        embedding=EmbedderOptions(storage="float16"),
+        rerank=RerankOptions(model="none"),
+        corpus_embeddings=str(out / "embeddings" / "corpus"),
+        query_embeddings=str(out / "embeddings" / "queries"),
+    )
+    half_metrics = run_pipeline(config)
+    corpus_files = pq.read_table(half / "embeddings" / "corpus")
+    assert _is_float16_vectors(corpus_files, 384)
+    size = lambda d: sum(f.stat().st_size for f in d.rglob("*.parquet"))  # noqa: E731
+    assert size(half / "embeddings" / "corpus") < 0.6 * size(out / "embeddings" / "corpus")
+    assert half_metrics["retrieval"]["recall@100"] == metrics["retrieval"]["recall@100"]
+    for name in METRICS:
+        assert half_metrics["retrieval"][name] == pytest.approx(
+            metrics["retrieval"][name], abs=0.02
+        )
+
+    corpus = read_embeddings(half / "embeddings" / "corpus", "pid")
+    queries = read_embeddings(half / "embeddings" / "queries", "qid")
+    full = read_embeddings(out / "embeddings" / "corpus", "pid")
+    pids = np.array(sorted(corpus))
+    vectors = np.stack([corpus[p] for p in pids]).astype(np.float64)
+    assert np.array_equal(vectors, np.stack([full[p] for p in pids]).astype(np.float16))
+    retrieval = pq.read_table(half / "retrieval.parquet").sort_by(
+        [("qid", "ascending"), ("rank", "ascending")]
+    )
+    got = retrieval.to_pydict()
+    for i, qid in enumerate(sorted(queries)):
+        scores = vectors @ queries[qid].astype(np.float16).astype(np.float64)
+        expected = pids[np.lexsort((pids, -scores))[:100]].tolist()
+        assert got["pid"][i * 100 : (i + 1) * 100] == expected, qid
+
+
+def _is_float16_vectors(table, dim):
+    kind = table.schema.field("embedding").type
+    return kind.value_type == pa.float16() and kind.list_size == dim
+
+
+def test_embed_actor_writes_float16_when_asked(minilm_path):
+    from rerank_ray.embed import EmbedActor
+
+    texts = ["what is a cat", "a cat is a small domesticated carnivore", ""]
+    batch = pa.table({"pid": ["a", "b", "c"], "text": texts})
+    wide = EmbedActor("minilm", EmbedderOptions(), "corpus")(batch)
+    half = EmbedActor("minilm", EmbedderOptions(storage="float16"), "corpus")(batch)
+    assert _is_float16_vectors(half, 384)
+    assert np.array_equal(
+        embedding_matrix(half["embedding"], keep_dtype=True),
+        embedding_matrix(wide["embedding"]).astype(np.float16),
+    )
 
 
 def _tsv_subset(msmarco, directory, num_queries=30, num_passages=250):

@@ -69,7 +69,7 @@ def test_a_second_run_reuses_embeddings_without_loading_the_model(
     def no_model(*args, **kwargs):
         raise AssertionError("the embedding model was loaded")
 
-    monkeypatch.setattr("rerank_ray.embed.embed_table", no_model)
+    monkeypatch.setattr("rerank_ray.embed.embed_tables", no_model)
     monkeypatch.setattr("rerank_ray.models.Embedder.__init__", no_model)
     second = tmp_path / "second"
     config = _config(
