@@ -39,7 +39,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix rerank_ray jobs tests bench
 
 bench: $(STAMP)
-	$(PY) bench/embed_throughput.py --passages 2000
+	$(PY) bench/embed_throughput.py --passages 2000 --queries 20
 	$(PY) bench/rerank_throughput.py --queries 50 --depth 20
 	$(PY) bench/topk.py --corpus 500000 --queries 1000 --k 100
 

@@ -251,17 +251,57 @@ class EmbedActor:
         parts = []
         for role in batch.column("role").unique().to_pylist():
             rows = batch.filter(pc.equal(batch.column("role"), role))
-            vectors = self._encode(rows.column("text").to_pylist(), role)
+            if "input_ids" in rows.column_names:  # tokenized upstream, on CPUs
+                max_length = max_length_of(self.embedder.options, role)
+                tokens = rows.column("input_ids").to_pylist()
+                vectors = self._stored(self.embedder.encode_tokens(tokens, max_length), role)
+            else:
+                vectors = self._encode(rows.column("text").to_pylist(), role)
             parts.append(rows.select(["id", "role"]).append_column("embedding", vectors))
         return pa.concat_tables(parts)
 
     def _encode(self, texts: list[str], role: str) -> pa.FixedSizeListArray:
         if role == "queries":
-            vectors = self.embedder.encode_queries(texts)
-        else:
-            vectors = self.embedder.encode_corpus(texts)
+            return self._stored(self.embedder.encode_queries(texts), role)
+        return self._stored(self.embedder.encode_corpus(texts), role)
+
+    def _stored(self, vectors: np.ndarray, role: str) -> pa.FixedSizeListArray:
         self._mark = report_counts(self.counters, self.embedder.stats, self._mark, role)
         return to_fixed_size_list(vectors, self.embedder.options.storage)
+
+
+def max_length_of(options: EmbedderOptions, role: str) -> int:
+    """The token limit of ``role`` under resolved ``options``."""
+    return options.query_max_length if role == "queries" else options.passage_max_length
+
+
+def _tokenized(batch: pa.Table, model: str, options: EmbedderOptions) -> pa.Table:
+    """``id, text, role`` as ``id, role, input_ids``: the CPU half of embedding.
+
+    Run as Ray Data tasks ahead of GPU actors, so that tokenizing the next call overlaps the
+    model running on the current one; the actors then only pad and run the model.
+    """
+    from transformers import AutoTokenizer
+
+    from rerank_ray.models import resolve_model_path, role_texts
+
+    path = resolve_model_path(model)
+    tokenizer = _TOKENIZERS.get(path)
+    if tokenizer is None:
+        tokenizer = _TOKENIZERS[path] = AutoTokenizer.from_pretrained(path)
+    options = options.resolved(path)
+    parts = []
+    for role in batch.column("role").unique().to_pylist():
+        rows = batch.filter(pc.equal(batch.column("role"), role))
+        texts = role_texts(rows.column("text").to_pylist(), role, options)
+        ids = tokenizer(texts, truncation=True, max_length=max_length_of(options, role))
+        tokens = pa.array(ids["input_ids"], pa.list_(pa.int32()))
+        parts.append(rows.select(["id", "role"]).append_column("input_ids", tokens))
+    return pa.concat_tables(parts)
+
+
+#: Tokenizers loaded in this worker process (Ray reuses task workers), by model path.
+_TOKENIZERS: dict = {}
 
 
 def to_fixed_size_list(vectors: np.ndarray, dtype: str = "float32") -> pa.FixedSizeListArray:
@@ -327,6 +367,7 @@ def embed_tables(
     options: EmbedderOptions,
     resources: ActorResources | None = None,
     rows_per_call: int = ROWS_PER_CALL,
+    tokenize_upstream: bool | None = None,
 ) -> dict[str, StageStats]:
     """Embed normalized tables through one actor pool, into Parquet files per role.
 
@@ -341,6 +382,9 @@ def embed_tables(
         options: Embedding options.
         resources: The actor pool; sized from the cluster when ``None``.
         rows_per_call: Rows per actor call.
+        tokenize_upstream: Tokenize in Ray Data CPU tasks ahead of the actors, so the next
+            call's tokenizing overlaps the model; ``None``: when the actors have GPUs (on
+            CPUs both halves would share the same cores).
 
     Returns:
         Per role: rows written, the pool's wall time (shared) and resources, counts.
@@ -359,6 +403,19 @@ def embed_tables(
     # blocks so that every actor of the pool gets work (without a shuffle barrier).
     dataset = streams[0].union(*streams[1:]) if len(streams) > 1 else streams[0]
     dataset = dataset.repartition(target_num_rows_per_block=rows_per_call)
+    if tokenize_upstream is None:
+        tokenize_upstream = resources.num_gpus_per_actor > 0
+    if tokenize_upstream:
+        dataset = dataset.map_batches(
+            _tokenized,
+            fn_kwargs={"model": model, "options": options},
+            batch_format="pyarrow",
+            batch_size=None,
+            num_cpus=1,
+        )
+        # A task handed several blocks returns them as one: cut again to call size, so that
+        # calls spread over the actors.
+        dataset = dataset.repartition(target_num_rows_per_block=rows_per_call)
     vectors, counters = map_with_actor_pool(
         dataset, EmbedActor, {"model": model, "options": options}, resources, rows_per_call
     )
@@ -380,7 +437,11 @@ def embed_tables(
         role: StageStats(
             rows=rows[role],
             wall_seconds=wall,
-            resources={**used, "roles_in_pool": sorted(tables)},
+            resources={
+                **used,
+                "roles_in_pool": sorted(tables),
+                "tokenized_upstream": tokenize_upstream,
+            },
             counts={k.split(".", 1)[1]: v for k, v in counts.items() if k.startswith(role + ".")},
         )
         for role in tables

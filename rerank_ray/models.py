@@ -314,14 +314,9 @@ class Embedder:
 
     def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
         """Embed queries: the instruction (if any) is prepended, then :meth:`encode`."""
-        if self.options.query_instruction:
-            queries = [
-                self._flag_model.get_detailed_instruct(
-                    self._flag_model.query_instruction_format, self.options.query_instruction, q
-                )
-                for q in queries
-            ]
-        return self.encode(queries, self.options.query_max_length)
+        return self.encode(
+            role_texts(queries, "queries", self.options), self.options.query_max_length
+        )
 
     def encode_corpus(self, passages: Sequence[str]) -> np.ndarray:
         """Embed passages, truncated at ``passage_max_length`` tokens."""
@@ -329,32 +324,53 @@ class Embedder:
 
     def encode(self, texts: Sequence[str], max_length: int) -> np.ndarray:
         """Embed ``texts`` as float32 rows in input order, as ``FlagModel.encode`` would."""
-        from FlagEmbedding.utils.tokenizer_compat import pad_with_compat
-
-        torch = self._torch
         if len(texts) == 0:
             return np.zeros((0, self.dimension), dtype=np.float32)
         encoded = self.tokenizer(list(texts), truncation=True, max_length=max_length)
-        features = [{key: encoded[key][i] for key in encoded} for i in range(len(texts))]
-        lengths = [len(f["input_ids"]) for f in features]
-        self.stats.rows += len(texts)
+        return self.encode_tokens(encoded["input_ids"], max_length)
+
+    def encode_tokens(self, input_ids: Sequence[Sequence[int]], max_length: int) -> np.ndarray:
+        """Embed texts already tokenized (truncated to ``max_length``), in input order.
+
+        Sub-batches are length-sorted and token-budgeted; on a GPU, the next sub-batch is
+        padded and copied while the current one runs (the results are read one step late).
+        """
+        from FlagEmbedding.utils.tokenizer_compat import pad_with_compat
+
+        torch = self._torch
+        lengths = [len(ids) for ids in input_ids]
+        self.stats.rows += len(lengths)
         self.stats.truncated += sum(1 for n in lengths if n >= max_length)
         self.stats.tokens += sum(lengths)
-        output = np.empty((len(texts), self.dimension), dtype=np.float32)
+        output = np.empty((len(lengths), self.dimension), dtype=np.float32)
+        pending = None
         with torch.inference_mode():
             for batch in length_batches(
                 lengths, self.options.batch_size, self.options.max_tokens_per_batch
             ):
+                features = [{"input_ids": list(input_ids[i])} for i in batch]
                 inputs = pad_with_compat(
-                    self.tokenizer, [features[i] for i in batch], padding=True, return_tensors="pt"
-                ).to(self.device)
+                    self.tokenizer, features, padding=True, return_tensors="pt"
+                ).to(self.device, non_blocking=True)
                 self.stats.padded_tokens += int(inputs["input_ids"].numel())
+                if pending is not None:
+                    output[pending[0]] = pending[1].float().cpu().numpy()
                 hidden = self.model(**inputs, return_dict=True).last_hidden_state
                 vectors = self._flag_model.pooling(hidden, inputs["attention_mask"])
                 if self.options.normalize:
                     vectors = torch.nn.functional.normalize(vectors, dim=-1)
-                output[batch] = vectors.float().cpu().numpy()
+                pending = (batch, vectors)
+            if pending is not None:
+                output[pending[0]] = pending[1].float().cpu().numpy()
         return output
+
+
+def role_texts(texts: Sequence[str], role: str, options: EmbedderOptions) -> list[str]:
+    """The texts the model sees: queries get the instruction in front (FlagModel's
+    ``"{}{}"`` format), passages are as they are."""
+    if role == "queries" and options.query_instruction:
+        return [f"{options.query_instruction}{text}" for text in texts]
+    return list(texts)
 
 
 # --------------------------------------------------------------------------- rerankers

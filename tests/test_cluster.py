@@ -188,6 +188,7 @@ def test_simulated_gpu_nodes_get_one_actor_each_and_match_the_cpu_run(
     )  # one per declared GPU
     assert resources["actors_started"] == 2 and resources["nodes"] == 2  # on the two GPU nodes
     assert resources["devices"] == ["cpu"]  # CUDA absent: torch chose the CPU
+    assert resources["tokenized_upstream"] is True  # GPU actors: CPU tasks tokenize ahead
     table = pq.read_table(tmp_path / "out").sort_by("pid")
     assert table["pid"].to_pylist() == [f"{i:03d}" for i in range(80)]
     expected = Embedder("minilm", EmbedderOptions(), device="cpu").encode_corpus(texts)

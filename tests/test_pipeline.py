@@ -277,6 +277,51 @@ def test_embed_actor_writes_float16_when_asked(minilm_path):
     )
 
 
+def test_tokenizing_upstream_gives_the_same_vectors(ray_session, msmarco, tmp_path):
+    """The GPU layout (tokenize in CPU tasks, model in actors) equals the one-actor layout."""
+    from rerank_ray.embed import _tokenized, embed_tables
+    from rerank_ray.models import resolve_model_path
+
+    rows = [json.loads(line) for line in (msmarco / "dev.jsonl").open().readlines()[:24]]
+    options = EmbedderOptions(query_instruction="query: ", passage_max_length=32)
+    options = options.resolved(resolve_model_path("minilm"))
+    tables = {}
+    for role, texts in (
+        ("corpus", [r["positive"][0] for r in rows]),
+        ("queries", [r["query"] for r in rows]),
+    ):
+        column = "pid" if role == "corpus" else "qid"
+        path = tmp_path / f"{role}.parquet"
+        pq.write_table(pa.table({column: [f"{i:02d}" for i in range(24)], "text": texts}), path)
+        tables[role] = str(path)
+    results = {}
+    for upstream in (False, True):
+        outputs = {
+            role: (path, str(tmp_path / f"{role}-{upstream}")) for role, path in tables.items()
+        }
+        stats = embed_tables(
+            outputs, "minilm", options, rows_per_call=10, tokenize_upstream=upstream
+        )
+        assert stats["corpus"].resources["tokenized_upstream"] is upstream
+        assert stats["corpus"].counts["truncated"] > 0  # 32 tokens cut some passages
+        results[upstream] = {
+            role: read_embeddings(out, "pid" if role == "corpus" else "qid")
+            for role, (_, out) in outputs.items()
+        }
+        results[upstream]["counts"] = {role: s.counts for role, s in stats.items()}
+    assert results[True]["counts"] == results[False]["counts"]
+    for role in tables:
+        for key, vector in results[False][role].items():
+            np.testing.assert_allclose(results[True][role][key], vector, atol=1e-6)
+    # The instruction reaches the queries on both paths.
+    batch = pa.table({"id": ["a"], "text": ["cat"], "role": ["queries"]})
+    assert _tokenized(batch, "minilm", options)["input_ids"].to_pylist()[0][:3] == [
+        101,
+        23032,
+        1024,
+    ]
+
+
 def _tsv_subset(msmarco, directory, num_queries=30, num_passages=250):
     """The first queries of the official TSV files, their judged passages and some others."""
     queries = (msmarco / "queries.tsv").read_text(encoding="utf-8").splitlines()[:num_queries]
