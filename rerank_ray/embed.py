@@ -393,6 +393,8 @@ def embed_tables(
 
     resources = resources or plan_resources()
     started = time.perf_counter()
+    total = sum(_table_rows(table_path) for table_path, _ in tables.values())
+    rows_per_call = balanced_call_size(total, resources.actors, rows_per_call)
     streams = []
     for role, (table_path, _) in sorted(tables.items(), reverse=True):  # queries first: short
         stream = ray.data.read_parquet(table_path).select_columns([ID_COLUMN[role], "text"])
@@ -441,11 +443,37 @@ def embed_tables(
                 **used,
                 "roles_in_pool": sorted(tables),
                 "tokenized_upstream": tokenize_upstream,
+                "rows_per_call": rows_per_call,
             },
             counts={k.split(".", 1)[1]: v for k, v in counts.items() if k.startswith(role + ".")},
         )
         for role in tables
     }
+
+
+def balanced_call_size(rows: int, actors: int, rows_per_call: int) -> int:
+    """``rows_per_call``, made smaller when that would leave an actor of the pool idle.
+
+    With several actors each gets at least two calls (an actor that is ready first may queue
+    several), but calls stay large enough (64 rows) for the length sort to pay.
+
+    Example:
+        >>> balanced_call_size(2020, actors=2, rows_per_call=1024)
+        505
+        >>> balanced_call_size(2020, actors=1, rows_per_call=1024)
+        1024
+        >>> balanced_call_size(80, actors=2, rows_per_call=32)  # never above what was asked
+        32
+    """
+    if actors <= 1:
+        return rows_per_call
+    return min(rows_per_call, max(64, -(-rows // (2 * actors))))
+
+
+def _table_rows(path: str) -> int:
+    if os.path.isdir(path):
+        return sum(pq.read_metadata(f).num_rows for f in embedding_files(path))
+    return pq.read_metadata(path).num_rows
 
 
 def _tagged(batch: pa.Table, role: str) -> pa.Table:
