@@ -222,10 +222,12 @@ class BlockSearch:
 
         size, dim = block.shape
         accumulation = 1.01 * dim * 2.0**-24  # float32 sums of dim products
-        norm = block.float().norm(dim=1).max().double() * 1.001
+        if block.dtype != torch.float32:  # float16 storage: widened into a reused buffer
+            block = self._buffer("block float32", (size, dim), torch.float32).copy_(block)
+        norm = block.norm(dim=1).max().double() * 1.001
         if not self.shortlist:
             approx = self._buffer("scores", (len(self._queries), size), torch.float32)
-            torch.mm(self._queries_float, block.float().T, out=approx)
+            torch.mm(self._queries_float, block.T, out=approx)
             return approx, accumulation * self._query_norms * norm + _TINY, 0.0
         short = self._buffer("short", (size, dim), torch.bfloat16)
         short.copy_(block)
