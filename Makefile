@@ -11,7 +11,7 @@ DEMO_DATASET := $(if $(wildcard $(DEMO_LOCAL)),$(DEMO_LOCAL),namespace-Pt/msmarc
 export RAY_USAGE_STATS_ENABLED ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup demo test lint format bench bench-memory clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ bench: $(STAMP)
 	$(PY) bench/embed_throughput.py --passages 2000 --queries 20
 	$(PY) bench/rerank_throughput.py --queries 50 --depth 20
 	$(PY) bench/topk.py --corpus 500000 --queries 1000 --k 100
+
+# Peak memory against corpus size (issue 4): embedding and retrieval stages, 100k and 1M.
+bench-memory: $(STAMP)
+	$(PY) bench/embed_memory.py --passages 100000 1000000
+	$(PY) bench/topk.py --corpus 100000 --queries 1000 --k 100 --repeats 1
+	$(PY) bench/topk.py --corpus 1000000 --queries 1000 --k 100 --repeats 1
 
 clean:
 	rm -rf runs .pytest_cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import threading
 import time
 from contextlib import contextmanager
 from datetime import date
@@ -48,3 +49,40 @@ def timer(results: dict, key: str):
 
 def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {date.today()}"
+
+
+class PeakRss:
+    """Samples every 20 ms the resident memory of this process and of Ray's worker processes
+    (``ray::`` titles).
+
+    Sampled, not ``ru_maxrss``: Linux carries a parent's high-water mark into a child across
+    fork and exec, so a child started by a big parent would report the parent's peak.
+    """
+
+    def __init__(self):
+        self.peak_worker_bytes = 0
+        self.peak_driver_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.is_set():
+            self.peak_driver_bytes = max(self.peak_driver_bytes, me.memory_info().rss)
+            for process in psutil.process_iter(["name", "cmdline", "memory_info"]):
+                title = " ".join(process.info["cmdline"] or [])
+                if title.startswith("ray::") and process.info["memory_info"]:
+                    self.peak_worker_bytes = max(
+                        self.peak_worker_bytes, process.info["memory_info"].rss
+                    )
+            time.sleep(0.02)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()

@@ -25,7 +25,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -34,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
-from common import machine  # noqa: E402
+from common import PeakRss, machine  # noqa: E402
 
 
 def unit_vectors(rows: int, dim: int, seed: int) -> np.ndarray:
@@ -42,43 +41,6 @@ def unit_vectors(rows: int, dim: int, seed: int) -> np.ndarray:
     vectors = rng.standard_normal((rows, dim), dtype=np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors
-
-
-class PeakRss:
-    """Samples every 20 ms the resident memory of this process and of Ray's worker processes
-    (``ray::`` titles).
-
-    Sampled, not ``ru_maxrss``: Linux carries a parent's high-water mark into a child across
-    fork and exec, so a child started by a big parent would report the parent's peak.
-    """
-
-    def __init__(self):
-        self.peak_worker_bytes = 0
-        self.peak_driver_bytes = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        import psutil
-
-        me = psutil.Process()
-        while not self._stop.is_set():
-            self.peak_driver_bytes = max(self.peak_driver_bytes, me.memory_info().rss)
-            for process in psutil.process_iter(["name", "cmdline", "memory_info"]):
-                title = " ".join(process.info["cmdline"] or [])
-                if title.startswith("ray::") and process.info["memory_info"]:
-                    self.peak_worker_bytes = max(
-                        self.peak_worker_bytes, process.info["memory_info"].rss
-                    )
-            time.sleep(0.02)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
 
 def exact_reference(queries: np.ndarray, corpus: np.ndarray, pids: np.ndarray, k: int) -> list:

@@ -37,3 +37,13 @@ def test_topk_benchmark_finds_the_same_neighbours_as_faiss():
     assert "same neighbours as faiss 1.0000" in completed.stdout
     assert "float64 ground truth (40 queries): pipeline 1.0000" in completed.stdout
     assert "retrieval stage on Ray (3 files)" in completed.stdout
+
+
+def test_embed_memory_benchmark_embeds_every_passage_once():
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "embed_memory.py"), "--passages", "3000"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "passages 3000: embed stage" in completed.stdout
+    assert "3000 vectors, one per passage" in completed.stdout
