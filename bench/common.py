@@ -14,6 +14,33 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DEV_JSONL = REPO.parent / "shared" / "data" / "msmarco-dev" / "dev.jsonl"
 
+#: Common English words for synthetic texts (benchmarks that need no real data).
+WORDS = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "was",
+    "for",
+    "on",
+    "as",
+    "with",
+    "by",
+    "at",
+    "from",
+    "that",
+    "this",
+    "are",
+    "which",
+    "be",
+    "an",
+    "or",
+    "has",
+    "its",
+]
+
 
 def msmarco_rows(limit: int) -> list[dict]:
     """The first ``limit`` rows of ../shared's MS MARCO dev set (research-only; never copied)."""

@@ -30,6 +30,9 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import WORDS  # noqa: E402
 
 SIZES = {
     # XLM-RoBERTa-large: bge-m3 (8194 positions) and bge-reranker-large (514 positions).
@@ -47,31 +50,6 @@ SIZES = {
     },
 }
 DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
-WORDS = [
-    "the",
-    "of",
-    "and",
-    "to",
-    "in",
-    "is",
-    "was",
-    "for",
-    "on",
-    "as",
-    "with",
-    "by",
-    "at",
-    "from",
-    "that",
-    "this",
-    "are",
-    "which",
-    "be",
-    "an",
-    "or",
-    "has",
-    "its",
-]
 
 
 def synthetic_passages(count: int, seed: int = 0) -> list[str]:
