@@ -249,8 +249,7 @@ class EmbedActor:
             id_column = ID_COLUMN[self.role]
             return pa.table({id_column: batch.column(id_column), "embedding": vectors})
         parts = []
-        for role in batch.column("role").unique().to_pylist():
-            rows = batch.filter(pc.equal(batch.column("role"), role))
+        for role, rows in by_role(batch):
             if "input_ids" in rows.column_names:  # tokenized upstream, on CPUs
                 max_length = max_length_of(self.embedder.options, role)
                 tokens = rows.column("input_ids").to_pylist()
@@ -268,6 +267,12 @@ class EmbedActor:
     def _stored(self, vectors: np.ndarray, role: str) -> pa.FixedSizeListArray:
         self._mark = report_counts(self.counters, self.embedder.stats, self._mark, role)
         return to_fixed_size_list(vectors, self.embedder.options.storage)
+
+
+def by_role(table: pa.Table):
+    """``(role, rows)`` for each role present in a tagged table (``role`` column)."""
+    for role in table.column("role").unique().to_pylist():
+        yield role, table.filter(pc.equal(table.column("role"), role))
 
 
 def max_length_of(options: EmbedderOptions, role: str) -> int:
@@ -291,8 +296,7 @@ def _tokenized(batch: pa.Table, model: str, options: EmbedderOptions) -> pa.Tabl
         tokenizer = _TOKENIZERS[path] = AutoTokenizer.from_pretrained(path)
     options = options.resolved(path)
     parts = []
-    for role in batch.column("role").unique().to_pylist():
-        rows = batch.filter(pc.equal(batch.column("role"), role))
+    for role, rows in by_role(batch):
         texts = role_texts(rows.column("text").to_pylist(), role, options)
         ids = tokenizer(texts, truncation=True, max_length=max_length_of(options, role))
         tokens = pa.array(ids["input_ids"], pa.list_(pa.int32()))
@@ -504,9 +508,7 @@ def _write_role_files(blocks, task_index: int, directories: dict[str, str]) -> d
 
     counts: dict[str, int] = {}
     for index, block in enumerate(blocks):
-        table = BlockAccessor.for_block(block).to_arrow()
-        for role in table.column("role").unique().to_pylist():
-            rows = table.filter(pc.equal(table.column("role"), role))
+        for role, rows in by_role(BlockAccessor.for_block(block).to_arrow()):
             out = pa.table({ID_COLUMN[role]: rows.column("id"), "embedding": rows["embedding"]})
             os.makedirs(directories[role], exist_ok=True)
             name = f"part-{task_index:06d}-{index:04d}.parquet"

@@ -8,22 +8,27 @@ vectors, so its memory does not grow with the corpus.
 Per block, a bfloat16 matrix product shortlists the passages that can still enter a query's
 top-k, and only those are scored exactly:
 
-* ``approx = bf16(q) . bf16(d)`` (float32 accumulation, bfloat16 output) differs from ``q . d``
-  by at most ``3u + O(u^2 + n 2^-24)`` times ``|q| |d|``, with ``u = 2^-8`` the bfloat16 unit
-  roundoff and ``n`` the dimension (Cauchy-Schwarz on the per-component rounding). We use
-  ``SHORTLIST_BOUND = 4u``; the slack covers the float32 accumulation and the rounding of
-  thresholds and norms for any ``n`` up to several thousand.
+* ``approx = bf16(q) . bf16(d)`` (float32 accumulation, bfloat16 output) differs from the
+  exact ``q . d`` by at most ``error + relative |approx|``: ``error`` bounds the inputs'
+  rounding by Cauchy-Schwarz (``|bf16(q)| |d - bf16(d)| + |q - bf16(q)| |bf16(d)| + ...``,
+  with the queries' residuals measured and a passage's at most ``u |d|``, ``u = 2^-8``) plus
+  the float32 accumulation (``1.01 n 2^-24 |q| |d|`` for ``n`` dimensions); ``relative`` is
+  the rounding of the float32 sum to bfloat16 (``u / (1 - u)``). Norms are taken per block
+  (its largest) and padded by 0.1 %.
 * A passage can enter the top-k only if its exact score reaches the current k-th exact score
-  ``s_k``, hence only if ``approx >= s_k - SHORTLIST_BOUND |q| max|d|``. Before a query has k
-  exact scores, the block's own approximate k-th score minus twice the bound is used instead (a
-  passage in the overall top-k is in its block's top-k).
+  ``s_k``, hence only if ``approx + error + relative |approx| >= s_k``, which is a bar on
+  ``approx`` alone (rounded down to bfloat16 before comparing). Before a query has k exact
+  scores, the lowest exact value the block's own approximate k-th score can have is used
+  instead (a passage in the overall top-k is in its block's top-k).
 * Shortlisted pairs are scored in float64 from the stored vectors: the score is the inner
   product rounded once, whatever the block split, device or summation order.
 
 So the result is exactly the top-k by float64 score, ties broken by pid (ascending), while the
-full product runs at bfloat16 speed (2.3x float32 here: AVX512-BF16; tensor cores on a GPU).
-On a machine without fast bfloat16 products, ``shortlist=False`` shortlists with a float32
-product instead, with its smaller bound (:func:`float32_bound`); the result is the same.
+full product runs at bfloat16 speed (2.3x float32 here: AVX512-BF16; tensor cores on a GPU,
+with bfloat16 reductions switched off). The tests check the bound itself and the results
+against float64 brute force. On a machine without fast bfloat16 products,
+``shortlist=False`` shortlists with a float32 product instead (bound: the accumulation only);
+the result is the same.
 
 Example:
     >>> import numpy as np
