@@ -294,7 +294,8 @@ def _tokenized(batch: pa.Table, model: str, options: EmbedderOptions) -> pa.Tabl
     tokenizer = _TOKENIZERS.get(path)
     if tokenizer is None:
         tokenizer = _TOKENIZERS[path] = AutoTokenizer.from_pretrained(path)
-    options = options.resolved(path)
+    if options.query_max_length is None or options.passage_max_length is None:
+        options = options.resolved(path)  # the pipeline passes resolved ones: no config read
     parts = []
     for role, rows in by_role(batch):
         texts = role_texts(rows.column("text").to_pylist(), role, options)
