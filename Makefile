@@ -43,8 +43,9 @@ bench: $(STAMP)
 	$(PY) bench/rerank_throughput.py --queries 50 --depth 20
 	$(PY) bench/topk.py --corpus 500000 --queries 1000 --k 100
 
-# Peak memory against corpus size (issue 4): embedding and retrieval stages, 100k and 1M.
+# Peak memory against corpus size (issue 4): prepare, embedding and retrieval stages, 100k and 1M.
 bench-memory: $(STAMP)
+	$(PY) bench/prepare_memory.py --passages 100000 1000000
 	$(PY) bench/embed_memory.py --passages 100000 1000000
 	$(PY) bench/topk.py --corpus 100000 --queries 1000 --k 100 --repeats 1
 	$(PY) bench/topk.py --corpus 1000000 --queries 1000 --k 100 --repeats 1

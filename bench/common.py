@@ -82,13 +82,18 @@ class PeakRss:
     """Samples every 20 ms the resident memory of this process and of Ray's worker processes
     (``ray::`` titles).
 
-    Sampled, not ``ru_maxrss``: Linux carries a parent's high-water mark into a child across
-    fork and exec, so a child started by a big parent would report the parent's peak.
+    Two figures each: RSS, and private memory (RSS less shared pages). RSS also counts the
+    pages of Ray's shared-memory object store that a process has touched, which grows with
+    the length of a run though nothing is held; private memory is what the process itself
+    holds. Sampled, not ``ru_maxrss``: Linux carries a parent's high-water mark into a child
+    across fork and exec, so a child started by a big parent would report the parent's peak.
     """
 
     def __init__(self):
         self.peak_worker_bytes = 0
         self.peak_driver_bytes = 0
+        self.peak_worker_private_bytes = 0
+        self.peak_driver_private_bytes = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -97,14 +102,39 @@ class PeakRss:
 
         me = psutil.Process()
         while not self._stop.is_set():
-            self.peak_driver_bytes = max(self.peak_driver_bytes, me.memory_info().rss)
+            mine = me.memory_info()
+            self.peak_driver_bytes = max(self.peak_driver_bytes, mine.rss)
+            self.peak_driver_private_bytes = max(
+                self.peak_driver_private_bytes, mine.rss - mine.shared
+            )
             for process in psutil.process_iter(["name", "cmdline", "memory_info"]):
                 title = " ".join(process.info["cmdline"] or [])
-                if title.startswith("ray::") and process.info["memory_info"]:
-                    self.peak_worker_bytes = max(
-                        self.peak_worker_bytes, process.info["memory_info"].rss
+                memory = process.info["memory_info"]
+                if title.startswith("ray::") and memory:
+                    self.peak_worker_bytes = max(self.peak_worker_bytes, memory.rss)
+                    self.peak_worker_private_bytes = max(
+                        self.peak_worker_private_bytes, memory.rss - memory.shared
                     )
             time.sleep(0.02)
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "driver_peak": self.peak_driver_bytes,
+            "driver_private_peak": self.peak_driver_private_bytes,
+            "worker_peak": self.peak_worker_bytes,
+            "worker_private_peak": self.peak_worker_private_bytes,
+        }
+
+    @staticmethod
+    def describe(peaks: dict[str, int]) -> str:
+        """One line of MiB figures, from :meth:`to_dict`'s keys."""
+        mib = 1 << 20
+        return (
+            f"driver peak RSS {peaks['driver_peak'] / mib:.0f} MiB"
+            f" (private {peaks['driver_private_peak'] / mib:.0f}), worker peak RSS"
+            f" {peaks['worker_peak'] / mib:.0f} MiB"
+            f" (private {peaks['worker_private_peak'] / mib:.0f})"
+        )
 
     def __enter__(self):
         self._thread.start()

@@ -28,6 +28,8 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from common import WORDS, PeakRss, machine  # noqa: E402
 
+from rerank_ray.embed import ROWS_PER_CALL  # noqa: E402
+
 
 def tiny_model(directory: str) -> str:
     """A seeded random 2-layer BERT with MiniLM's tokenizer, saved for FlagEmbedding."""
@@ -64,7 +66,7 @@ def synthetic_corpus(path: str, rows: int, chunk: int = 100_000) -> None:
             out.write_table(pa.table({"pid": pids, "text": texts}))
 
 
-def stage_only(corpus: str, model: str, out: str) -> None:
+def stage_only(corpus: str, model: str, out: str, rows_per_call: int) -> None:
     """Run the embedding stage alone in this (fresh) process; print time, rows and peaks."""
     import ray
 
@@ -77,7 +79,7 @@ def stage_only(corpus: str, model: str, out: str) -> None:
     ).resolved(model)
     with PeakRss() as peaks:
         started = time.perf_counter()
-        stats = embed_table(corpus, out, "corpus", model, options)
+        stats = embed_table(corpus, out, "corpus", model, options, rows_per_call=rows_per_call)
         seconds = time.perf_counter() - started
     ray.shutdown()
     rows, ids, worst = 0, set(), 0.0
@@ -95,8 +97,7 @@ def stage_only(corpus: str, model: str, out: str) -> None:
                 "rows_read_back": rows,
                 "distinct_ids": len(ids),
                 "max_norm_error": worst,
-                "driver_peak": peaks.peak_driver_bytes,
-                "worker_peak": peaks.peak_worker_bytes,
+                **peaks.to_dict(),
             }
         )
     )
@@ -106,15 +107,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--passages", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument(
+        "--rows-per-call",
+        type=int,
+        default=ROWS_PER_CALL,
+        help="rows per actor call, hence per Ray Data block (default %(default)s)",
+    )
+    parser.add_argument(
         "--stage", nargs=3, metavar=("CORPUS", "MODEL", "OUT"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if args.stage:
-        stage_only(*args.stage)
+        stage_only(*args.stage, rows_per_call=args.rows_per_call)
         return
-    print(f"machine: {machine()}")
-    mib = 1 << 20
+    print(f"machine: {machine()}; {args.rows_per_call} rows per actor call")
     with tempfile.TemporaryDirectory() as tmp:
         model = tiny_model(os.path.join(tmp, "tiny-bert"))
         for rows in args.passages:
@@ -122,16 +128,16 @@ def main() -> None:
             synthetic_corpus(corpus, rows)
             child = subprocess.run(
                 [sys.executable, os.path.abspath(__file__), "--stage", corpus, model,
-                 os.path.join(tmp, f"embeddings-{rows}")],
+                 os.path.join(tmp, f"embeddings-{rows}"),
+                 "--rows-per-call", str(args.rows_per_call)],
                 capture_output=True, text=True, check=True,
             )  # fmt: skip
             result = json.loads(child.stdout.strip().splitlines()[-1])
             assert result["rows"] == result["rows_read_back"] == result["distinct_ids"] == rows
             print(
                 f"passages {rows}: embed stage {result['seconds']:.1f} s"
-                f" ({rows / result['seconds']:.0f}/s); driver peak RSS"
-                f" {result['driver_peak'] / mib:.0f} MiB, worker peak RSS"
-                f" {result['worker_peak'] / mib:.0f} MiB; {result['rows']} vectors, one per"
+                f" ({rows / result['seconds']:.0f}/s); {PeakRss.describe(result)};"
+                f" {result['rows']} vectors, one per"
                 f" passage, max |norm - 1| {result['max_norm_error']:.1e}"
             )
             os.remove(corpus)

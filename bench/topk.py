@@ -136,7 +136,6 @@ def main() -> None:
         )  # fmt: skip
         stage = json.loads(child.stdout.strip().splitlines()[-1])
 
-    mib = 1 << 20
     print(f"machine: {machine()}")
     print(
         f"corpus {args.corpus} x {args.dim} ({args.storage} storage), queries {args.queries},"
@@ -155,9 +154,7 @@ def main() -> None:
     )
     files = -(-args.corpus // args.rows_per_file)
     print(f"retrieval stage on Ray ({files} files): {stage['seconds']:.2f} s")
-    print(
-        f"driver peak RSS {stage['driver_peak'] / mib:.0f} MiB, worker peak RSS {stage['worker_peak'] / mib:.0f} MiB"
-    )
+    print(PeakRss.describe(stage))
 
 
 def _seconds(times: list[float]) -> str:
@@ -185,8 +182,7 @@ def stage_only(directory: str, k: int) -> None:
         json.dumps(
             {
                 "seconds": seconds,
-                "driver_peak": peaks.peak_driver_bytes,
-                "worker_peak": peaks.peak_worker_bytes,
+                **peaks.to_dict(),
             }
         )
     )

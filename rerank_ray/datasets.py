@@ -13,8 +13,13 @@ Two source layouts are understood:
   are the first ``num_queries`` rows and the qrels come from the positives;
 * the official MS MARCO layout: ``collection.tsv`` (``pid\\ttext``), ``queries.tsv``
   (``qid\\ttext``) and TREC qrels (``qid 0 pid rel``). The corpus may also be a
-  Parquet / JSONL / Hub table (text column ``text``, ``content`` or ``passage``), combined
+  Parquet / JSONL / Hub table (text column ``text``, ``content`` or ``passage``; without an
+  id column, each passage's id is :func:`passage_id` of its text), combined
   with ``--dataset`` whose positives are then matched into it by exact text.
+
+A separate corpus table is written as it streams, then checked by :func:`check_corpus`, a
+Ray Data job (broadcast join with the positives or judged pids, hash shuffle by pid), so
+neither the matching nor the duplicate-id check holds the corpus's ids in the driver.
 
 Example:
     >>> from rerank_ray.datasets import DataConfig, prepare_data
@@ -51,6 +56,8 @@ TEXT_COLUMNS = ("text", "content", "passage", "contents", "query")
 #: Rows per Parquet write: large enough for efficient row groups, small enough to stream.
 WRITE_BATCH_ROWS = 65_536
 TABULAR_SUFFIXES = (".jsonl", ".json", ".parquet", ".tsv")
+#: Rows per file of the normalized corpus (a directory): the unit of Ray Data's reads.
+CORPUS_ROWS_PER_FILE = 4 * WRITE_BATCH_ROWS
 
 
 @dataclass(frozen=True)
@@ -172,6 +179,26 @@ def passage_id(text: str) -> str:
 # --------------------------------------------------------------------------- readers
 
 
+def iter_parquet_batches(path: str) -> Iterator[pa.RecordBatch]:
+    """Record batches of a Parquet file, or of a directory's files in name order.
+
+    Row group by row group: one ``iter_batches`` over a whole file holds memory that grows
+    with the file (measured: 31 MiB of Arrow memory at 300k passages, 133 MiB at 3M).
+    """
+    if os.path.isdir(path):
+        files = sorted(
+            os.path.join(path, name)
+            for name in os.listdir(path)
+            if name.endswith(".parquet") and not name.startswith((".", "_"))
+        )
+    else:
+        files = [path]
+    for file in files:
+        with pq.ParquetFile(file) as parquet:
+            for group in range(parquet.num_row_groups):
+                yield from parquet.iter_batches(batch_size=WRITE_BATCH_ROWS, row_groups=[group])
+
+
 def _check_file(path: str) -> None:
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file")
@@ -205,9 +232,8 @@ def iter_records(source: str, split: str = "train") -> Iterator[tuple[str, dict]
         return
     _check_file(source)
     if source.endswith(".parquet"):
-        parquet = pq.ParquetFile(source)
         row = 0
-        for batch in parquet.iter_batches(batch_size=WRITE_BATCH_ROWS):
+        for batch in iter_parquet_batches(source):
             for record in batch.to_pylist():
                 row += 1
                 yield f"{source}, row {row}", record
@@ -318,16 +344,45 @@ def iter_trec_qrels(path: str) -> Iterator[tuple[int, str, str, int]]:
 
 
 class _TableWriter:
-    """Writes rows to a Parquet file in batches and publishes it atomically on close."""
+    """Writes rows to Parquet in batches and publishes the table atomically on close.
 
-    def __init__(self, path: str, schema: pa.Schema):
+    With ``rows_per_file``, ``path`` becomes a directory of ``part-00000.parquet``, … files of
+    at most about that many rows: Ray Data reads a table file by file, so a large corpus in
+    one file would be read by one task holding memory that grows with the file.
+    """
+
+    def __init__(self, path: str, schema: pa.Schema, rows_per_file: int | None = None):
         self.path = path
         self.schema = schema
         self.rows = 0
         self._columns: dict[str, list] = {name: [] for name in schema.names}
-        self._tmp_path = temporary_sibling(path)
-        self._writer = pq.ParquetWriter(self._tmp_path, schema)
+        # A hidden staging folder: unfinished, the table never looks finished, and Ray Data
+        # (which skips hidden files, not hidden folders) can still read the files to check them.
+        self._staging = temporary_sibling(path)
+        os.makedirs(self._staging)
+        self._rows_per_file = rows_per_file
+        self._writer: pq.ParquetWriter | None = None
+        self._rows_in_file = 0
+        self._files = 0
+        self._finished = False
         self._digest = hashlib.sha256()
+
+    @property
+    def finished_path(self) -> str:
+        """The unpublished table: the staging folder itself, or the one file inside it."""
+        if self._rows_per_file:
+            return self._staging
+        return os.path.join(self._staging, os.path.basename(self.path))
+
+    def _open_next_file(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        name = f"part-{self._files:05d}.parquet" if self._rows_per_file else None
+        self._writer = pq.ParquetWriter(
+            os.path.join(self._staging, name) if name else self.finished_path, self.schema
+        )
+        self._files += 1
+        self._rows_in_file = 0
 
     @property
     def content_hash(self) -> str:
@@ -343,18 +398,53 @@ class _TableWriter:
             self._flush()
 
     def _flush(self) -> None:
-        if self._columns[self.schema.names[0]]:
-            self._writer.write_table(pa.table(self._columns, schema=self.schema))
-            self._columns = {name: [] for name in self.schema.names}
+        batch = self._columns[self.schema.names[0]]
+        if not batch:
+            return
+        full = self._rows_per_file and self._rows_in_file >= self._rows_per_file
+        if self._writer is None or full:
+            self._open_next_file()
+        self._writer.write_table(pa.table(self._columns, schema=self.schema))
+        self._rows_in_file += len(batch)
+        self._columns = {name: [] for name in self.schema.names}
+
+    def finish(self) -> str:
+        """Write the last rows and close the table, unpublished; returns :attr:`finished_path`."""
+        if not self._finished:
+            self._flush()
+            if self._writer is None:  # no rows: still a file, with the schema
+                self._open_next_file()
+            self._writer.close()
+            self._writer = None
+            self._finished = True
+        return self.finished_path
 
     def close(self) -> None:
-        self._flush()
-        self._writer.close()
-        publish(self._tmp_path, self.path)
+        publish(self.finish(), self.path)
+        discard(self._staging)  # a table of one file leaves its staging folder behind
+
+    def keep_first_of(self, ids: set[str]) -> None:
+        """Rewrite the finished file without the later rows of each id in ``ids``.
+
+        Only the repeated ids are held (exact duplicate rows are rare), never the table.
+        """
+        kept = _TableWriter(self.path, self.schema, self._rows_per_file)
+        seen: set[str] = set()
+        for batch in iter_parquet_batches(self.finish()):
+            for values in zip(*(batch.column(n).to_pylist() for n in self.schema.names)):
+                if values[0] in ids:
+                    if values[0] in seen:
+                        continue
+                    seen.add(values[0])
+                kept.add(*values)
+        kept.finish()
+        discard(self._staging)
+        self.__dict__.update(kept.__dict__)  # this writer now stands for the rewritten file
 
     def abort(self) -> None:
-        self._writer.close()
-        discard(self._tmp_path)
+        if self._writer is not None:
+            self._writer.close()
+        discard(self._staging)
 
 
 # --------------------------------------------------------------------------- layouts
@@ -388,7 +478,7 @@ def _iter_query_rows(config: DataConfig) -> Iterator[tuple[int, str, str, list[s
 def _table_writers(out_dir: Path) -> Iterator[tuple[_TableWriter, _TableWriter, _TableWriter]]:
     """The three normalized tables; all published together, or none on an error."""
     writers = (
-        _TableWriter(str(out_dir / "corpus.parquet"), CORPUS_SCHEMA),
+        _TableWriter(str(out_dir / "corpus.parquet"), CORPUS_SCHEMA, CORPUS_ROWS_PER_FILE),
         _TableWriter(str(out_dir / "queries.parquet"), QUERIES_SCHEMA),
         _TableWriter(str(out_dir / "qrels.parquet"), QRELS_SCHEMA),
     )
@@ -448,40 +538,42 @@ def _check_shortfall(config: DataConfig, rows: int) -> None:
 def _dataset_against_corpus(config, corpus, queries, qrels) -> None:
     """Queries and positives from ``dataset``; passages and their ids from ``corpus``.
 
-    Only the positives' hashes are held in memory (a few thousand), never the corpus: the
-    corpus is streamed once, written out, and each passage whose text hash is a positive's
-    gives that positive its pid.
+    The driver holds the positives (as many as the queries have), never the corpus: the
+    corpus is streamed once into its table, then :func:`check_corpus` matches the positives
+    into it on Ray Data. A positive whose text (stripped) several passages share makes each
+    of them relevant: they are the same passage under different ids.
     """
-    wanted: dict[str, list[str]] = {}  # positive text hash -> qids
+    qids_by_text: dict[str, list[str]] = {}
     rows = 0
     for index, _where, query, positives in _iter_query_rows(config):
         rows += 1
         qid = str(index)
         queries.add(qid, query)
-        for text in dict.fromkeys(positives):
-            wanted.setdefault(_text_key(text), []).append(qid)
+        for text in _stripped(list(dict.fromkeys(positives))):
+            qids = qids_by_text.setdefault(text, [])
+            if qid not in qids:
+                qids.append(qid)
     if rows == 0:
         raise DataError(f"{config.dataset}: no rows")
     _check_shortfall(config, rows)
-    found: dict[str, str] = {}
-    for pid, text in _iter_corpus_table(config.corpus, config.split):
-        corpus.add(pid, text)
-        key = _text_key(text)
-        if key in wanted and key not in found:
-            found[key] = pid
-    missing = len(wanted) - len(found)
-    if missing:
+    wanted = list(qids_by_text)
+    matches = _write_checked_corpus(corpus, config.corpus, config.split, wanted, "text")
+    if len(matches) < len(wanted):
         raise DataError(
-            f"{config.corpus}: {missing} of {len(wanted)} positives of {config.dataset}"
-            " are not in the corpus (matched by exact text)"
+            f"{config.corpus}: {len(wanted) - len(matches)} of {len(wanted)} positives of"
+            f" {config.dataset} are not in the corpus (matched by exact text)"
         )
-    for key, qids in wanted.items():
-        for qid in qids:
-            qrels.add(qid, found[key], 1)
+    for index, text in enumerate(wanted):
+        for qid in qids_by_text[text]:
+            for pid in matches[index]:
+                qrels.add(qid, pid, 1)
 
 
-def _text_key(text: str) -> str:
-    return hashlib.sha256(text.strip().encode("utf-8")).hexdigest()
+def _stripped(texts: list[str]) -> list[str]:
+    """``texts`` without surrounding whitespace, as :func:`check_corpus` strips the corpus."""
+    import pyarrow.compute as pc
+
+    return pc.utf8_trim_whitespace(pa.array(texts, pa.string())).to_pylist()
 
 
 def _pick_column(record: dict, candidates: tuple[str, ...], where: str, what: str) -> str:
@@ -491,37 +583,173 @@ def _pick_column(record: dict, candidates: tuple[str, ...], where: str, what: st
     raise DataError(f"{where}: no {what} column (looked for {', '.join(candidates)})")
 
 
-def _iter_table(source: str, split: str, id_names, text_names) -> Iterator[tuple[str, str, str]]:
-    """Yield ``(where, id, text)`` from a TSV, JSONL, Parquet or Hub table."""
+def _iter_table(
+    source: str, split: str, id_names, text_names, id_from_text: bool = False
+) -> Iterator[tuple[str, str, str]]:
+    """Yield ``(where, id, text)`` from a TSV, JSONL, Parquet or Hub table.
+
+    With ``id_from_text``, a table without an id column (a corpus with only ``content``)
+    gets :func:`passage_id` of each text as its id.
+    """
     if source.endswith(".tsv"):
         for line_number, identifier, text in iter_tsv(source, ("id", "text")):
             yield f"{source}, line {line_number}", identifier, text
         return
     id_column = text_column = None
     for where, record in iter_records(source, split):
-        if id_column is None:
-            id_column = _pick_column(record, id_names, where, "id")
+        if text_column is None:
             text_column = _pick_column(record, text_names, where, "text")
-        identifier, text = record.get(id_column), record.get(text_column)
-        if identifier is None or str(identifier).strip() == "":
-            raise DataError(f"{where}: empty id in column '{id_column}'")
+            if id_from_text and not any(name in record for name in id_names):
+                id_column = ""  # ids from the texts
+            else:
+                id_column = _pick_column(record, id_names, where, "id")
+        text = record.get(text_column)
         if not isinstance(text, str):
             raise DataError(f"{where}: column '{text_column}' must be a string")
+        identifier = record.get(id_column) if id_column else passage_id(text)
+        if identifier is None or str(identifier).strip() == "":
+            raise DataError(f"{where}: empty id in column '{id_column}'")
         yield where, str(identifier), text
 
 
-def _iter_corpus_table(source: str, split: str) -> Iterator[tuple[str, str]]:
-    """Yield ``(pid, text)``, rejecting a pid that appears twice with different texts."""
-    text_hash_by_pid: dict[str, bytes] = {}  # ids and 8-byte hashes only, never texts
-    for where, pid, text in _iter_table(source, split, ID_COLUMNS, TEXT_COLUMNS):
-        digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
-        previous = text_hash_by_pid.get(pid)
-        if previous is not None:
-            if previous != digest:
-                raise DataError(f"{where}: pid {pid} appears twice with different texts")
-            continue  # an exact duplicate row: keep the first
-        text_hash_by_pid[pid] = digest
-        yield pid, text
+def _write_checked_corpus(
+    corpus: _TableWriter, source: str, split: str, wanted: list[str], match_on: str
+) -> dict[int, list[str]]:
+    """Stream ``source`` into ``corpus``, check its ids, and find the ``wanted`` passages.
+
+    Returns:
+        ``{index in wanted: [pid, ...]}`` for each wanted value found.
+
+    Raises:
+        DataError: a pid that appears twice with different texts, naming the second row.
+            Exact duplicate rows are dropped (the first is kept).
+    """
+    for _where, pid, text in _iter_table(source, split, ID_COLUMNS, TEXT_COLUMNS, True):
+        corpus.add(pid, text)
+    if corpus.rows == 0:
+        return {}
+    check = check_corpus(corpus.finish(), corpus.rows, wanted, match_on)
+    if check.conflicting:
+        raise DataError(_first_conflict(source, split, check.conflicting))
+    if check.repeated:
+        corpus.keep_first_of(check.repeated)
+    return check.matches
+
+
+def _first_conflict(source: str, split: str, pids: set[str]) -> str:
+    """The message for the first row that repeats one of ``pids`` with another text.
+
+    Only runs when :func:`check_corpus` found such pids; it re-reads the source sequentially
+    to name the row, holding only those pids.
+    """
+    first_digest: dict[str, bytes] = {}
+    for where, pid, text in _iter_table(source, split, ID_COLUMNS, TEXT_COLUMNS, True):
+        if pid in pids:
+            digest = _digest(text)
+            if first_digest.setdefault(pid, digest) != digest:
+                return f"{where}: pid {pid} appears twice with different texts"
+    return f"{source}: pids {', '.join(sorted(pids))} appear twice with different texts"
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+
+
+@dataclass(frozen=True)
+class CorpusCheck:
+    """What :func:`check_corpus` found: only the rows that matter, never the whole corpus.
+
+    Attributes:
+        conflicting: Pids that appear more than once with different texts.
+        repeated: Pids that appear more than once, always with the same text.
+        matches: ``{index in wanted: [pid, ...]}`` for each wanted value found.
+    """
+
+    conflicting: set[str]
+    repeated: set[str]
+    matches: dict[int, list[str]]
+
+
+#: Corpus rows per partition of the hash shuffle by pid (8.8M passages: 9 partitions).
+ROWS_PER_PARTITION = 1_000_000
+
+
+def check_corpus(path: str, rows: int, wanted: list[str], match_on: str) -> CorpusCheck:
+    """One distributed pass over a corpus table: its repeated pids, and its wanted rows.
+
+    A broadcast hash join and a hash aggregation on Ray Data. ``wanted`` (the positives'
+    texts or the judged pids: as many as the queries have) goes to every task once through
+    the object store; the corpus streams past as blocks, each reduced to
+    ``(pid, 8-byte digest of the text, index of the wanted value it equals or -1)``; a hash
+    shuffle by pid counts the rows and compares the digests of each pid. Only the pids that
+    repeat or are wanted come back, so the driver's memory does not grow with the corpus.
+
+    Args:
+        path: A Parquet table (file or directory) with ``pid`` and ``text``.
+        rows: Its row count (sizes the shuffle).
+        wanted: Values to find: stripped texts (``match_on="text"``, compared with each
+            passage stripped) or pids (``match_on="pid"``).
+        match_on: ``"text"`` or ``"pid"``.
+
+    Example:
+        >>> check = check_corpus("data/corpus.parquet", 3, ["passage A"], "text")  # doctest: +SKIP
+        >>> check.matches  # doctest: +SKIP
+        {0: ['9']}
+    """
+    import ray
+    import ray.data
+    from ray.data.aggregate import Count, Max, Min
+    from ray.data.expressions import col
+
+    wanted_ref = ray.put(pa.array(wanted, pa.string()))
+    per_pid = (
+        ray.data.read_parquet(path)
+        .select_columns(["pid", "text"])
+        .map_batches(
+            _digests_and_matches,
+            fn_kwargs={"wanted": [wanted_ref], "match_on": match_on},
+            batch_format="pyarrow",
+            batch_size=WRITE_BATCH_ROWS,  # bounds the Python strings hashed per call
+        )
+        .groupby("pid", num_partitions=max(1, -(-rows // ROWS_PER_PARTITION)))
+        .aggregate(
+            Count(alias_name="rows"),
+            Min("digest", alias_name="min_digest"),
+            Max("digest", alias_name="max_digest"),
+            Max("wanted", alias_name="wanted"),
+        )
+        .filter(expr=(col("rows") > 1) | (col("wanted") >= 0))
+    )
+    conflicting, repeated, matches = set(), set(), {}
+    for row in per_pid.iter_rows():
+        if row["min_digest"] != row["max_digest"]:
+            conflicting.add(row["pid"])
+        elif row["rows"] > 1:
+            repeated.add(row["pid"])
+        if row["wanted"] >= 0:
+            matches.setdefault(int(row["wanted"]), []).append(row["pid"])
+    for pids in matches.values():
+        pids.sort()
+    return CorpusCheck(conflicting, repeated, matches)
+
+
+def _digests_and_matches(block: pa.Table, wanted: list, match_on: str) -> pa.Table:
+    """``(pid, digest, wanted)`` of a corpus block; ``wanted`` is ``[ObjectRef]`` (wrapped,
+    so Ray Data passes the reference and the array is read from the local object store)."""
+    import pyarrow.compute as pc
+    import ray
+
+    values = ray.get(wanted[0])
+    texts = block.column("text")
+    probe = pc.utf8_trim_whitespace(texts) if match_on == "text" else block.column("pid")
+    digests = [int.from_bytes(_digest(t), "little", signed=True) for t in texts.to_pylist()]
+    return pa.table(
+        {
+            "pid": block.column("pid"),
+            "digest": pa.array(digests, pa.int64()),
+            "wanted": pc.fill_null(pc.index_in(probe, value_set=values), -1).cast(pa.int32()),
+        }
+    )
 
 
 def _prepare_from_tables(config: DataConfig, out_dir: Path) -> PreparedData:
@@ -545,12 +773,9 @@ def _prepare_from_tables(config: DataConfig, out_dir: Path) -> PreparedData:
             judged.append((line_number, qid, pid, relevance))
         if not judged:
             raise DataError(f"{config.qrels}: no judgements")
-        judged_pids = {pid for _, _, pid, _ in judged}
-        found: set[str] = set()
-        for pid, text in _iter_corpus_table(config.corpus, config.split):
-            corpus.add(pid, text)
-            if pid in judged_pids:
-                found.add(pid)
+        judged_pids = sorted({pid for _, _, pid, _ in judged})
+        matches = _write_checked_corpus(corpus, config.corpus, config.split, judged_pids, "pid")
+        found = {judged_pids[index] for index in matches}
         for line_number, qid, pid, relevance in judged:
             if pid not in found:
                 raise DataError(
@@ -565,7 +790,8 @@ def prepare_data(config: DataConfig, out_dir: str | os.PathLike) -> PreparedData
 
     Args:
         config: The data sources.
-        out_dir: Directory for ``corpus.parquet``, ``queries.parquet`` and ``qrels.parquet``.
+        out_dir: Directory for ``corpus.parquet`` (a directory of part files),
+            ``queries.parquet`` and ``qrels.parquet``.
 
     Returns:
         The paths and row counts of the three tables.

@@ -4,7 +4,7 @@ A run directory is the contract between stages::
 
     RUN/
       manifest.json          config, models, data, versions, per-stage timings
-      data/                  corpus.parquet, queries.parquet, qrels.parquet
+      data/                  corpus.parquet/ (part files), queries.parquet, qrels.parquet
       embeddings/corpus/     Parquet (pid, embedding)
       embeddings/queries/    Parquet (qid, embedding)
       retrieval.parquet      qid, pid, rank, score
@@ -192,7 +192,13 @@ class Pipeline:
     # ------------------------------------------------------------------ stages
 
     def prepare(self) -> None:
-        """Normalize the sources into the run's Parquet tables (no model, no Ray)."""
+        """Normalize the sources into the run's Parquet tables (no model).
+
+        A separate corpus table is checked on Ray Data (ids, positives): see
+        :func:`rerank_ray.datasets.check_corpus`.
+        """
+        if self.config.data.corpus is not None:
+            connect_ray(self.config.compute.address)
 
         def work() -> dict:
             prepared = prepare_data(self.config.data, self.run.data_dir)

@@ -47,3 +47,15 @@ def test_embed_memory_benchmark_embeds_every_passage_once():
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "passages 3000: embed stage" in completed.stdout
     assert "3000 vectors, one per passage" in completed.stdout
+
+
+def test_prepare_memory_benchmark_matches_every_positive_to_its_passage():
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "prepare_memory.py"), "--passages", "3000"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]  # the script asserts the qrels
+    assert "passages 3000: prepare stage" in completed.stdout
+    assert (
+        "1000 queries, each positive matched to the passage it was drawn from" in completed.stdout
+    )

@@ -9,8 +9,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rerank_ray.datasets import DataConfig, passage_id, prepare_data, read_qrels
+from rerank_ray import datasets
+from rerank_ray.datasets import DataConfig, check_corpus, passage_id, prepare_data, read_qrels
 from rerank_ray.errors import DataError
+
+# A separate corpus table is checked on Ray Data (check_corpus): one Ray for the session.
+pytestmark = pytest.mark.usefixtures("ray_session")
 
 ROWS = [
     {"query": "q zero", "positive": ["passage A"]},
@@ -113,6 +117,89 @@ def test_graded_qrels_and_duplicate_identical_rows(tmp_path):
     corpus, _, qrels = _tables(prepared)
     assert [r["pid"] for r in corpus] == ["1", "2"]
     assert qrels == {"10": {"1": 2, "2": 1}}
+
+
+def test_exact_duplicate_rows_leave_the_same_table_as_no_duplicates(tmp_path):
+    (tmp_path / "clean").mkdir()
+    (tmp_path / "rep").mkdir()
+    clean = prepare_data(
+        _tsv_files(tmp_path / "clean", "1\ta\n2\tb\n3\tc\n", "10\tq\n", "10 0 2 1\n"),
+        tmp_path / "clean-out",
+    )
+    repeated = prepare_data(
+        _tsv_files(tmp_path / "rep", "1\ta\n2\tb\n1\ta\n3\tc\n2\tb\n", "10\tq\n", "10 0 2 1\n"),
+        tmp_path / "rep-out",
+    )
+    assert repeated.num_corpus == clean.num_corpus == 3
+    assert repeated.corpus_hash == clean.corpus_hash  # the rows kept, in order
+    assert _tables(repeated) == _tables(clean)
+
+
+def test_check_corpus_equals_a_brute_force_scan_across_blocks_and_partitions(tmp_path, monkeypatch):
+    # 3,000 rows in 30 files, shuffled into 6 partitions: repeats, conflicts and matches
+    # must not depend on which block or partition a row lands in.
+    monkeypatch.setattr(datasets, "ROWS_PER_PARTITION", 500)
+    rows = [(f"p{i % 2900}", f"text {i % 2900}") for i in range(3000)]  # 100 exact repeats
+    rows[2950] = ("p50", "another text")  # p50 conflicts
+    rows[10] = ("p10", "  text 7 ")  # p10's text is text 7 once stripped
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for part in range(30):
+        chunk = rows[part * 100 : (part + 1) * 100]
+        pq.write_table(
+            pa.table({"pid": [p for p, _ in chunk], "text": [t for _, t in chunk]}),
+            folder / f"part-{part:02d}.parquet",
+        )
+    wanted = ["text 7", "text 2899", "absent"]
+    check = check_corpus(str(folder), len(rows), wanted, "text")
+
+    texts_by_pid: dict[str, set[str]] = {}
+    counts: dict[str, int] = {}
+    for pid, text in rows:
+        texts_by_pid.setdefault(pid, set()).add(text)
+        counts[pid] = counts.get(pid, 0) + 1
+    assert check.conflicting == {p for p, t in texts_by_pid.items() if len(t) > 1}
+    assert check.conflicting == {"p10", "p50"}
+    assert check.repeated == {p for p in counts if counts[p] > 1} - check.conflicting
+    assert len(check.repeated) == 98
+    expected = {i: sorted({p for p, t in rows if t.strip() == w}) for i, w in enumerate(wanted)}
+    assert check.matches == {i: pids for i, pids in expected.items() if pids}
+    assert check.matches == {0: ["p10", "p7"], 1: ["p2899"]}
+
+    by_pid = check_corpus(str(folder), len(rows), ["p5", "p2899", "nope"], "pid")
+    assert by_pid.matches == {0: ["p5"], 1: ["p2899"]}
+
+
+def test_a_positive_shared_by_two_passages_makes_both_relevant(tmp_path):
+    source = _write_jsonl(tmp_path / "dev.jsonl", ROWS[:1])
+    corpus = _write_jsonl(
+        tmp_path / "corpus.jsonl",
+        [
+            {"pid": "1", "text": "passage A"},
+            {"pid": "2", "text": "other"},
+            {"pid": "3", "text": "passage A "},
+        ],
+    )
+    prepared = prepare_data(
+        DataConfig(dataset=source, corpus=corpus, num_queries=1), tmp_path / "out"
+    )
+    assert _tables(prepared)[2] == {"0": {"1": 1, "3": 1}}
+
+
+def test_a_corpus_table_without_ids_gets_content_hash_ids(tmp_path):
+    # e.g. a corpus with only a `content` column
+    source = _write_jsonl(tmp_path / "dev.jsonl", ROWS[:2])
+    texts = ["noise", "passage C", "passage B", "passage A", "passage A"]
+    corpus = _write_jsonl(tmp_path / "corpus.jsonl", [{"content": t} for t in texts])
+    prepared = prepare_data(
+        DataConfig(dataset=source, corpus=corpus, num_queries=2), tmp_path / "out"
+    )
+    corpus_rows, _, qrels = _tables(prepared)
+    assert [r["pid"] for r in corpus_rows] == [passage_id(t) for t in texts[:4]]
+    assert qrels == {
+        "0": {passage_id("passage A"): 1},
+        "1": {passage_id("passage B"): 1, passage_id("passage C"): 1},
+    }
 
 
 def test_corpus_table_with_dataset_matches_positives_by_text(tmp_path):
