@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from rerank_ray.embed import to_fixed_size_list
 from rerank_ray.errors import DataError
-from rerank_ray.io import atomic_path
+from rerank_ray.io import atomic_path, parquet_files
 
 #: Bumped when the stored layout changes, so old entries are not read as new ones.
 CACHE_FORMAT = 1
@@ -99,11 +99,7 @@ class EmbeddingCache:
 
 def _embedding_files(path: str) -> list[str]:
     if os.path.isdir(path):
-        files = sorted(
-            os.path.join(path, f)
-            for f in os.listdir(path)
-            if f.endswith(".parquet") and not f.startswith(".")
-        )
+        files = parquet_files(path)
         if not files:
             raise DataError(f"{path}: no .parquet files")
         return files

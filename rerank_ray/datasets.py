@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rerank_ray.errors import DataError
-from rerank_ray.io import discard, publish, temporary_sibling
+from rerank_ray.io import discard, parquet_files, publish, temporary_sibling
 
 CORPUS_SCHEMA = pa.schema([("pid", pa.string()), ("text", pa.string())])
 QUERIES_SCHEMA = pa.schema([("qid", pa.string()), ("text", pa.string())])
@@ -185,15 +185,7 @@ def iter_parquet_batches(path: str) -> Iterator[pa.RecordBatch]:
     Row group by row group: one ``iter_batches`` over a whole file holds memory that grows
     with the file (measured: 31 MiB of Arrow memory at 300k passages, 133 MiB at 3M).
     """
-    if os.path.isdir(path):
-        files = sorted(
-            os.path.join(path, name)
-            for name in os.listdir(path)
-            if name.endswith(".parquet") and not name.startswith((".", "_"))
-        )
-    else:
-        files = [path]
-    for file in files:
+    for file in parquet_files(path):
         with pq.ParquetFile(file) as parquet:
             for group in range(parquet.num_row_groups):
                 yield from parquet.iter_batches(batch_size=WRITE_BATCH_ROWS, row_groups=[group])

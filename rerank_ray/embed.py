@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from rerank_ray.io import discard, publish, temporary_sibling
+from rerank_ray.io import discard, parquet_files, publish, temporary_sibling
 from rerank_ray.models import Embedder, EmbedderOptions
 
 ID_COLUMN = {"corpus": "pid", "queries": "qid"}
@@ -526,8 +526,4 @@ def _count_rows(directory: str) -> int:
 
 def embedding_files(directory: str) -> list[str]:
     """The Parquet files of an embeddings directory, in name order."""
-    return sorted(
-        os.path.join(directory, name)
-        for name in os.listdir(directory)
-        if name.endswith(".parquet") and not name.startswith(".")
-    )
+    return parquet_files(directory)

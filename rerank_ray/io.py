@@ -53,6 +53,23 @@ def atomic_path(final_path: str) -> Iterator[str]:
     publish(tmp_path, final_path)
 
 
+def parquet_files(path: str) -> list[str]:
+    """The files of a Parquet table: ``path`` itself, or a directory's ``.parquet`` files in
+    name order, without the hidden ones (``.`` or ``_``, which Ray Data and Arrow skip too).
+
+    Example:
+        >>> parquet_files("runs/seed/embeddings/corpus")  # doctest: +SKIP
+        ['runs/seed/embeddings/corpus/part-000000-0000.parquet', ...]
+    """
+    if not os.path.isdir(path):
+        return [path]
+    return sorted(
+        os.path.join(path, name)
+        for name in os.listdir(path)
+        if name.endswith(".parquet") and not name.startswith((".", "_"))
+    )
+
+
 def write_json(path: str, data: dict) -> None:
     """Write ``data`` as indented JSON, atomically."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
