@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -143,7 +144,10 @@ def import_embeddings(
 ) -> int:
     """Check user-supplied embeddings against a normalized table and write them to the run.
 
-    Each id of the table must have exactly one finite vector, all of one dimension.
+    Each id of the table must have exactly one finite vector, all of one dimension. The
+    vectors stream through once, a batch at a time, and are checked and written as they pass;
+    the ids are then compared with the table's by :func:`check_ids` on Ray Data, so neither
+    the table's ids nor the supplied ones are held in the driver.
 
     Args:
         source: A Parquet file or a directory of them, with ``id_column`` and ``embedding``.
@@ -160,62 +164,157 @@ def import_embeddings(
             non-finite value, a duplicate id, or an id that is not (or a table id that is not
             covered) in the table.
     """
-    expected = set(pq.read_table(table_path, columns=[id_column])[id_column].to_pylist())
-    seen: set[str] = set()
+    files = _embedding_files(source)
+    rows = 0
     dimension = None
     with atomic_path(target_dir) as tmp:
         os.makedirs(tmp)
-        for file_index, path in enumerate(_embedding_files(source)):
-            parquet = pq.ParquetFile(path)
-            names = parquet.schema_arrow.names
-            for column in (id_column, "embedding"):
-                if column not in names:
-                    raise DataError(f"{path}: missing column '{column}' (has {', '.join(names)})")
-            row = 0
-            writer = None
-            for batch in parquet.iter_batches(columns=[id_column, "embedding"], batch_size=65_536):
-                ids = [str(i) for i in batch.column(id_column).to_pylist()]
-                vectors = _vectors(batch.column("embedding"), path)
-                if dimension is None:
-                    dimension = vectors.shape[1]
-                if vectors.shape[1] != dimension:
-                    raise DataError(
-                        f"{path}: embeddings have {vectors.shape[1]} dimensions, earlier ones {dimension}"
-                    )
-                finite = np.isfinite(vectors).all(axis=1)
-                if not finite.all():
-                    bad = int(np.argmin(finite))
-                    raise DataError(
-                        f"{path}, row {row + bad + 1}: embedding of {ids[bad]} has NaN or infinite values"
-                    )
-                for offset, identifier in enumerate(ids):
-                    if identifier not in expected:
-                        raise DataError(
-                            f"{path}, row {row + offset + 1}: {id_column} {identifier} is not in {table_path}"
-                        )
-                    if identifier in seen:
-                        raise DataError(
-                            f"{path}, row {row + offset + 1}: {id_column} {identifier} appears twice"
-                        )
-                    seen.add(identifier)
-                out = pa.table(
-                    {
-                        id_column: pa.array(ids, pa.string()),
-                        "embedding": to_fixed_size_list(vectors, storage),
-                    }
-                )
-                if writer is None:
-                    writer = pq.ParquetWriter(
-                        os.path.join(tmp, f"part-{file_index:05d}.parquet"), out.schema
-                    )
-                writer.write_table(out)
-                row += batch.num_rows
-            if writer is not None:
-                writer.close()
-        missing = len(expected) - len(seen)
-        if missing:
-            example = next(iter(expected - seen))
+        for file_index, path in enumerate(files):
+            out = os.path.join(tmp, f"part-{file_index:05d}.parquet")
+            written, dimension = _import_file(path, id_column, out, storage, dimension)
+            rows += written
+        if rows == 0:
+            raise DataError(f"{source}: no embeddings (no rows)")
+        problems = check_ids(table_path, tmp, id_column)
+        if problems.unknown or problems.repeated:
+            raise DataError(_first_bad_row(files, id_column, table_path, problems))
+        if problems.missing:
             raise DataError(
-                f"{source}: {missing} {id_column}s of {table_path} have no embedding (e.g. {example})"
+                f"{source}: {problems.missing} {id_column}s of {table_path} have no embedding"
+                f" (e.g. {problems.missing_example})"
             )
-    return len(seen)
+    return rows
+
+
+def _import_file(
+    path: str, id_column: str, out: str, storage: str, dimension: int | None
+) -> tuple[int, int | None]:
+    """Check and convert one supplied file, batch by batch; returns (rows, dimension)."""
+    parquet = pq.ParquetFile(path)
+    names = parquet.schema_arrow.names
+    for column in (id_column, "embedding"):
+        if column not in names:
+            raise DataError(f"{path}: missing column '{column}' (has {', '.join(names)})")
+    row = 0
+    writer = None
+    for batch in parquet.iter_batches(columns=[id_column, "embedding"], batch_size=65_536):
+        ids = [str(i) for i in batch.column(id_column).to_pylist()]
+        vectors = _vectors(batch.column("embedding"), path)
+        if dimension is None:
+            dimension = vectors.shape[1]
+        if vectors.shape[1] != dimension:
+            raise DataError(
+                f"{path}: embeddings have {vectors.shape[1]} dimensions, earlier ones {dimension}"
+            )
+        finite = np.isfinite(vectors).all(axis=1)
+        if not finite.all():
+            bad = int(np.argmin(finite))
+            raise DataError(
+                f"{path}, row {row + bad + 1}: embedding of {ids[bad]} has NaN or infinite values"
+            )
+        table = pa.table(
+            {
+                id_column: pa.array(ids, pa.string()),
+                "embedding": to_fixed_size_list(vectors, storage),
+            }
+        )
+        if writer is None:
+            writer = pq.ParquetWriter(out, table.schema)
+        writer.write_table(table)
+        row += batch.num_rows
+    if writer is not None:
+        writer.close()
+    return row, dimension
+
+
+@dataclass(frozen=True)
+class IdProblems:
+    """What :func:`check_ids` found: a sample of bad ids and the count of missing ones."""
+
+    unknown: set[str]
+    repeated: set[str]
+    missing: int
+    missing_example: str | None
+
+
+#: Bad ids brought back to the driver to name a row (all of them could be the corpus).
+ID_PROBLEM_SAMPLE = 1000
+
+
+def check_ids(table_path: str, supplied_path: str, id_column: str) -> IdProblems:
+    """Compare the ids of supplied vectors with a table's, on Ray Data (hash shuffle by id).
+
+    Both tables' ids stream into a shuffle that counts, per id, its rows in the table and
+    among the supplied vectors; only the ids where these are not 1 and 1 come back, at most
+    :data:`ID_PROBLEM_SAMPLE` of each kind, with the count of missing ones.
+
+    Example:
+        >>> check_ids("data/corpus.parquet", "mine/", "pid").missing  # doctest: +SKIP
+        0
+    """
+    import ray.data
+    from ray.data.aggregate import Sum
+    from ray.data.expressions import col
+
+    from rerank_ray.datasets import ROWS_PER_PARTITION
+
+    def ids(path: str, in_table: int) -> ray.data.Dataset:
+        return (
+            ray.data.read_parquet(path)
+            .select_columns([id_column])
+            .map_batches(_tagged_ids, fn_kwargs={"in_table": in_table}, batch_format="pyarrow")
+        )
+
+    rows = sum(pq.read_metadata(f).num_rows for f in parquet_files(supplied_path))
+    problems = (
+        ids(table_path, 1)
+        .union(ids(supplied_path, 0))
+        .groupby("id", num_partitions=max(1, -(-rows // ROWS_PER_PARTITION)))
+        .aggregate(Sum("in_table", alias_name="in_table"), Sum("supplied", alias_name="supplied"))
+        .filter(expr=(col("in_table") != 1) | (col("supplied") != 1))
+        .materialize()
+    )
+    unknown = problems.filter(expr=col("in_table") == 0).limit(ID_PROBLEM_SAMPLE)
+    repeated = problems.filter(expr=col("supplied") > 1).limit(ID_PROBLEM_SAMPLE)
+    missing = problems.filter(expr=(col("in_table") == 1) & (col("supplied") == 0)).materialize()
+    example = missing.take(1)
+    return IdProblems(
+        unknown={row["id"] for row in unknown.iter_rows()},
+        repeated={row["id"] for row in repeated.iter_rows()},
+        missing=missing.count(),
+        missing_example=example[0]["id"] if example else None,
+    )
+
+
+def _tagged_ids(batch: pa.Table, in_table: int) -> pa.Table:
+    """``(id, in_table, supplied)``: one row per id, counted by the shuffle."""
+    ones = pa.array(np.ones(batch.num_rows, dtype=np.int64))
+    zeros = pa.array(np.zeros(batch.num_rows, dtype=np.int64))
+    return pa.table(
+        {
+            "id": batch.column(0).cast(pa.string()),
+            "in_table": ones if in_table else zeros,
+            "supplied": zeros if in_table else ones,
+        }
+    )
+
+
+def _first_bad_row(files: list[str], id_column: str, table_path: str, problems: IdProblems) -> str:
+    """The message for the first supplied row whose id is unknown or repeated.
+
+    Only runs on that error: it re-reads the ids of the supplied files in order, holding the
+    sampled bad ids and the repeated ones seen so far.
+    """
+    seen: set[str] = set()
+    for path in files:
+        row = 0
+        for batch in pq.ParquetFile(path).iter_batches(columns=[id_column], batch_size=65_536):
+            for identifier in (str(i) for i in batch.column(id_column).to_pylist()):
+                row += 1
+                if identifier in problems.unknown:
+                    return f"{path}, row {row}: {id_column} {identifier} is not in {table_path}"
+                if identifier in problems.repeated:
+                    if identifier in seen:
+                        return f"{path}, row {row}: {id_column} {identifier} appears twice"
+                    seen.add(identifier)
+    return f"{files[0]}: {id_column}s not in {table_path} or repeated"

@@ -176,6 +176,32 @@ def test_bad_supplied_embeddings_are_rejected(first_run, msmarco, tmp_path, dama
     assert not (tmp_path / "run" / "embeddings" / "corpus").exists()
 
 
+def test_check_ids_equals_a_brute_force_count_across_files_and_partitions(
+    ray_session, tmp_path, monkeypatch
+):
+    from rerank_ray import datasets
+    from rerank_ray.cache import check_ids
+
+    monkeypatch.setattr(datasets, "ROWS_PER_PARTITION", 400)  # 8 partitions
+    table = [f"p{i}" for i in range(3000)]
+    pq.write_table(pa.table({"pid": table}), tmp_path / "table.parquet")
+    supplied = table[:2900] + ["x1", "x2"] + table[5:15] + table[7:8]  # 100 missing, 2 unknown
+    (tmp_path / "supplied").mkdir()
+    for part in range(0, len(supplied), 500):  # repeats land in other files than their first
+        pq.write_table(
+            pa.table({"pid": supplied[part : part + 500]}),
+            tmp_path / "supplied" / f"part-{part:05d}.parquet",
+        )
+    problems = check_ids(str(tmp_path / "table.parquet"), str(tmp_path / "supplied"), "pid")
+
+    counts = {pid: supplied.count(pid) for pid in set(supplied) | set(table)}
+    assert problems.unknown == {p for p in counts if p not in table} == {"x1", "x2"}
+    assert problems.repeated == {p for p, n in counts.items() if n > 1}
+    assert len(problems.repeated) == 10
+    assert problems.missing == sum(1 for p in table if counts[p] == 0) == 100
+    assert problems.missing_example in table[2900:]
+
+
 def _cli_run(msmarco, out, cache) -> list[str]:
     return [
         sys.executable, "-m", "rerank_ray.cli", "run",
