@@ -256,7 +256,7 @@ def check_ids(table_path: str, supplied_path: str, id_column: str) -> IdProblems
     from ray.data.aggregate import Sum
     from ray.data.expressions import col
 
-    from rerank_ray.datasets import ROWS_PER_PARTITION
+    from rerank_ray.datasets import shuffle_for
 
     def ids(path: str, in_table: int) -> ray.data.Dataset:
         return (
@@ -266,14 +266,17 @@ def check_ids(table_path: str, supplied_path: str, id_column: str) -> IdProblems
         )
 
     rows = sum(pq.read_metadata(f).num_rows for f in parquet_files(supplied_path))
-    problems = (
-        ids(table_path, 1)
-        .union(ids(supplied_path, 0))
-        .groupby("id", num_partitions=max(1, -(-rows // ROWS_PER_PARTITION)))
-        .aggregate(Sum("in_table", alias_name="in_table"), Sum("supplied", alias_name="supplied"))
-        .filter(expr=(col("in_table") != 1) | (col("supplied") != 1))
-        .materialize()
-    )
+    with shuffle_for(rows) as partitions:
+        problems = (
+            ids(table_path, 1)
+            .union(ids(supplied_path, 0))
+            .groupby("id", num_partitions=partitions)
+            .aggregate(
+                Sum("in_table", alias_name="in_table"), Sum("supplied", alias_name="supplied")
+            )
+            .filter(expr=(col("in_table") != 1) | (col("supplied") != 1))
+            .materialize()
+        )
     unknown = problems.filter(expr=col("in_table") == 0).limit(ID_PROBLEM_SAMPLE)
     repeated = problems.filter(expr=col("supplied") > 1).limit(ID_PROBLEM_SAMPLE)
     missing = problems.filter(expr=(col("in_table") == 1) & (col("supplied") == 0)).materialize()

@@ -166,7 +166,7 @@ def _options_parser() -> argparse.ArgumentParser:
     )
     compute.add_argument("--num-gpus-per-actor", type=float, metavar="G")
     compute.add_argument(
-        "--rows-per-call", type=int, metavar="N", help="rows per actor call (default: 1024)"
+        "--rows-per-call", type=int, metavar="N", help="rows per actor call (default: 4096)"
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the result")
     parser.add_argument(

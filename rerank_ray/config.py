@@ -28,7 +28,7 @@ class ComputeConfig:
     address: str | None = None
     num_actors: int | None = None
     num_gpus_per_actor: float | None = None
-    rows_per_call: int = 1024
+    rows_per_call: int = 4096
 
     def __post_init__(self):
         if self.num_actors is not None and self.num_actors < 1:

@@ -166,7 +166,7 @@ def rerank_candidates(
     output_path: str,
     options: RerankOptions,
     resources: ActorResources | None = None,
-    rows_per_call: int = 1024,
+    rows_per_call: int = 4096,
 ) -> StageStats:
     """Score the top retrieved passages of every query with a cross-encoder on Ray.
 

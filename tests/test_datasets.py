@@ -136,16 +136,17 @@ def test_exact_duplicate_rows_leave_the_same_table_as_no_duplicates(tmp_path):
 
 
 def test_check_corpus_equals_a_brute_force_scan_across_blocks_and_partitions(tmp_path, monkeypatch):
-    # 3,000 rows in 30 files, shuffled into 6 partitions: repeats, conflicts and matches
-    # must not depend on which block or partition a row lands in.
+    # 3,000 rows in 10 files, shuffled into 6 partitions: repeats, conflicts and matches
+    # must not depend on which block or partition a row lands in. Both shuffles are checked.
     monkeypatch.setattr(datasets, "ROWS_PER_PARTITION", 500)
+    monkeypatch.setattr(datasets, "SMALL_SHUFFLE_ROWS", 2000)  # the hash shuffle for 3,000
     rows = [(f"p{i % 2900}", f"text {i % 2900}") for i in range(3000)]  # 100 exact repeats
     rows[2950] = ("p50", "another text")  # p50 conflicts
     rows[10] = ("p10", "  text 7 ")  # p10's text is text 7 once stripped
     folder = tmp_path / "corpus"
     folder.mkdir()
-    for part in range(30):
-        chunk = rows[part * 100 : (part + 1) * 100]
+    for part in range(10):
+        chunk = rows[part * 300 : (part + 1) * 300]
         pq.write_table(
             pa.table({"pid": [p for p, _ in chunk], "text": [t for _, t in chunk]}),
             folder / f"part-{part:02d}.parquet",
@@ -166,8 +167,9 @@ def test_check_corpus_equals_a_brute_force_scan_across_blocks_and_partitions(tmp
     assert check.matches == {i: pids for i, pids in expected.items() if pids}
     assert check.matches == {0: ["p10", "p7"], 1: ["p2899"]}
 
-    by_pid = check_corpus(str(folder), len(rows), ["p5", "p2899", "nope"], "pid")
+    by_pid = check_corpus(str(folder), 1000, ["p5", "p2899", "nope"], "pid")  # sort shuffle
     assert by_pid.matches == {0: ["p5"], 1: ["p2899"]}
+    assert by_pid.conflicting == check.conflicting and by_pid.repeated == check.repeated
 
 
 def test_a_positive_shared_by_two_passages_makes_both_relevant(tmp_path):
