@@ -114,7 +114,9 @@ def main() -> None:
         default=[1, 2],
         help="embedding actor counts of the whole-process runs (default: 1,2)",
     )
-    parser.add_argument("--rows-per-call", type=int, default=1024)
+    parser.add_argument(
+        "--rows-per-call", type=int, default=4096, help="as the pipeline's (default: 4096)"
+    )
     parser.add_argument("--skip-stage", action="store_true", help="only the whole processes")
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
