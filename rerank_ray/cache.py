@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from rerank_ray.embed import to_fixed_size_list
 from rerank_ray.errors import DataError
-from rerank_ray.io import atomic_path, parquet_files
+from rerank_ray.io import atomic_path, iter_parquet_batches, parquet_files
 
 #: Bumped when the stored layout changes, so old entries are not read as new ones.
 CACHE_FORMAT = 1
@@ -197,7 +197,7 @@ def _import_file(
             raise DataError(f"{path}: missing column '{column}' (has {', '.join(names)})")
     row = 0
     writer = None
-    for batch in parquet.iter_batches(columns=[id_column, "embedding"], batch_size=65_536):
+    for batch in iter_parquet_batches(path, columns=[id_column, "embedding"]):
         ids = [str(i) for i in batch.column(id_column).to_pylist()]
         vectors = _vectors(batch.column("embedding"), path)
         if dimension is None:
@@ -311,7 +311,7 @@ def _first_bad_row(files: list[str], id_column: str, table_path: str, problems: 
     seen: set[str] = set()
     for path in files:
         row = 0
-        for batch in pq.ParquetFile(path).iter_batches(columns=[id_column], batch_size=65_536):
+        for batch in iter_parquet_batches(path, columns=[id_column]):
             for identifier in (str(i) for i in batch.column(id_column).to_pylist()):
                 row += 1
                 if identifier in problems.unknown:

@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rerank_ray.errors import DataError
-from rerank_ray.io import discard, parquet_files, publish, temporary_sibling
+from rerank_ray.io import discard, iter_parquet_batches, publish, temporary_sibling
 
 CORPUS_SCHEMA = pa.schema([("pid", pa.string()), ("text", pa.string())])
 QUERIES_SCHEMA = pa.schema([("qid", pa.string()), ("text", pa.string())])
@@ -177,18 +177,6 @@ def passage_id(text: str) -> str:
 
 
 # --------------------------------------------------------------------------- readers
-
-
-def iter_parquet_batches(path: str) -> Iterator[pa.RecordBatch]:
-    """Record batches of a Parquet file, or of a directory's files in name order.
-
-    Row group by row group: one ``iter_batches`` over a whole file holds memory that grows
-    with the file (measured: 31 MiB of Arrow memory at 300k passages, 133 MiB at 3M).
-    """
-    for file in parquet_files(path):
-        with pq.ParquetFile(file) as parquet:
-            for group in range(parquet.num_row_groups):
-                yield from parquet.iter_batches(batch_size=WRITE_BATCH_ROWS, row_groups=[group])
 
 
 def _check_file(path: str) -> None:
@@ -416,7 +404,7 @@ class _TableWriter:
         discard(self._staging)  # a table of one file leaves its staging folder behind
 
     def keep_first_of(self, ids: set[str]) -> None:
-        """Rewrite the finished file without the later rows of each id in ``ids``.
+        """Rewrite the finished table without the later rows of each id in ``ids``.
 
         Only the repeated ids are held (exact duplicate rows are rare), never the table.
         """
@@ -692,8 +680,9 @@ def check_corpus(path: str, rows: int, wanted: list[str], match_on: str) -> Corp
     A broadcast hash join and a hash aggregation on Ray Data. ``wanted`` (the positives'
     texts or the judged pids: as many as the queries have) goes to every task once through
     the object store; the corpus streams past as blocks, each reduced to
-    ``(pid, 8-byte digest of the text, index of the wanted value it equals or -1)``; a hash
-    shuffle by pid counts the rows and compares the digests of each pid. Only the pids that
+    ``(pid, 8-byte digest of the text, index of the wanted value it equals or -1)``; a
+    shuffle by pid (hash-based; sort-based below :data:`SMALL_SHUFFLE_ROWS`) counts the rows
+    and compares the digests of each pid. Only the pids that
     repeat or are wanted come back, so the driver's memory does not grow with the corpus.
 
     Args:
