@@ -146,7 +146,9 @@ class BlockSearch:
         self.k = k
         self.shortlist = shortlist
         self.device = pick_device(device)
-        exact = torch.from_numpy(np.ascontiguousarray(queries)).to(self.device, torch.float64)
+        # A copy (torch.tensor): query arrays from the object store are read-only, and
+        # torch.from_numpy warns on those.
+        exact = torch.tensor(np.asarray(queries), dtype=torch.float64, device=self.device)
         self._queries = exact
         self._queries_float = exact.float()
         self._queries_short = exact.float().to(torch.bfloat16)
