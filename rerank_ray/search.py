@@ -42,6 +42,7 @@ Example:
 from __future__ import annotations
 
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -177,7 +178,11 @@ class BlockSearch:
 
         if len(ids) == 0:
             return
-        block = torch.from_numpy(np.ascontiguousarray(vectors)).to(self.device)
+        with warnings.catch_warnings():
+            # Blocks read from Parquet are read-only views; the kernel only reads them, so it
+            # keeps the view instead of copying every block.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            block = torch.from_numpy(np.ascontiguousarray(vectors)).to(self.device)
         rows, columns = self._candidates(block)
         scores = self._exact_scores(rows, columns, block)
         passing = scores >= self._bar[rows]  # ties with the k-th stay: they go by pid at the end
