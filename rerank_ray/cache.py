@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from rerank_ray.embed import to_fixed_size_list
 from rerank_ray.errors import DataError
-from rerank_ray.io import atomic_path, iter_parquet_batches, parquet_files
+from rerank_ray.io import atomic_path, iter_parquet_batches, parquet_files, parquet_rows
 
 #: Bumped when the stored layout changes, so old entries are not read as new ones.
 CACHE_FORMAT = 1
@@ -190,8 +190,7 @@ def _import_file(
     path: str, id_column: str, out: str, storage: str, dimension: int | None
 ) -> tuple[int, int | None]:
     """Check and convert one supplied file, batch by batch; returns (rows, dimension)."""
-    parquet = pq.ParquetFile(path)
-    names = parquet.schema_arrow.names
+    names = pq.read_schema(path).names
     for column in (id_column, "embedding"):
         if column not in names:
             raise DataError(f"{path}: missing column '{column}' (has {', '.join(names)})")
@@ -265,7 +264,7 @@ def check_ids(table_path: str, supplied_path: str, id_column: str) -> IdProblems
             .map_batches(_tagged_ids, fn_kwargs={"in_table": in_table}, batch_format="pyarrow")
         )
 
-    rows = sum(pq.read_metadata(f).num_rows for f in parquet_files(supplied_path))
+    rows = parquet_rows(supplied_path)
     with shuffle_for(rows) as partitions:
         problems = (
             ids(table_path, 1)

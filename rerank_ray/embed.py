@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from rerank_ray.io import discard, parquet_files, publish, temporary_sibling
+from rerank_ray.io import discard, parquet_files, parquet_rows, publish, temporary_sibling
 from rerank_ray.models import Embedder, EmbedderOptions
 
 ID_COLUMN = {"corpus": "pid", "queries": "qid"}
@@ -400,7 +400,7 @@ def embed_tables(
 
     resources = resources or plan_resources()
     started = time.perf_counter()
-    total = sum(_table_rows(table_path) for table_path, _ in tables.values())
+    total = sum(parquet_rows(table_path) for table_path, _ in tables.values())
     rows_per_call = balanced_call_size(total, resources.actors, rows_per_call)
     streams = []
     for role, (table_path, _) in sorted(tables.items(), reverse=True):  # queries first: short
@@ -433,7 +433,7 @@ def embed_tables(
         vectors.write_datasink(_role_files(temporary))
         for directory in temporary.values():
             os.makedirs(directory, exist_ok=True)  # a role with no rows still gets its directory
-        rows = {role: _count_rows(directory) for role, directory in temporary.items()}
+        rows = {role: parquet_rows(directory) for role, directory in temporary.items()}
     except BaseException:
         for directory in temporary.values():
             discard(directory)
@@ -477,12 +477,6 @@ def balanced_call_size(rows: int, actors: int, rows_per_call: int) -> int:
     return min(rows_per_call, max(64, -(-rows // (2 * actors))))
 
 
-def _table_rows(path: str) -> int:
-    if os.path.isdir(path):
-        return sum(pq.read_metadata(f).num_rows for f in embedding_files(path))
-    return pq.read_metadata(path).num_rows
-
-
 def _tagged(batch: pa.Table, role: str) -> pa.Table:
     """``pid|qid, text`` as ``id, text, role``: one schema for both roles' rows."""
     return pa.table(
@@ -518,12 +512,6 @@ def _write_role_files(blocks, task_index: int, directories: dict[str, str]) -> d
             pq.write_table(out, os.path.join(directories[role], name))
             counts[role] = counts.get(role, 0) + out.num_rows
     return counts
-
-
-def _count_rows(directory: str) -> int:
-    return sum(
-        pq.ParquetFile(path).metadata.num_rows for path in sorted(embedding_files(directory))
-    )
 
 
 def embedding_files(directory: str) -> list[str]:

@@ -73,6 +73,11 @@ def parquet_files(path: str) -> list[str]:
     )
 
 
+def parquet_rows(path: str) -> int:
+    """The row count of a Parquet table (:func:`parquet_files`), from the files' footers."""
+    return sum(pq.read_metadata(file).num_rows for file in parquet_files(path))
+
+
 def iter_parquet_batches(
     path: str, columns: list[str] | None = None, batch_size: int = 65_536
 ) -> Iterator[pa.RecordBatch]:

@@ -10,14 +10,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_gpu_benchmark_runs_on_cpu_at_a_tiny_size(tmp_path):
-    output = tmp_path / "gpu.json"
+def _run_bench(script: str, *args: str) -> str:
+    """Run ``bench/<script>`` with ``args``; fail with its stderr unless it succeeds."""
     completed = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "gpu.py"), "--size", "tiny", "--device", "cpu",
-         "--texts", "48", "--batch-size", "16", "--precisions", "fp32", "--output", str(output)],
+        [sys.executable, str(REPO / "bench" / script), *args],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed.stdout
+
+
+def test_gpu_benchmark_runs_on_cpu_at_a_tiny_size(tmp_path):
+    output = tmp_path / "gpu.json"
+    _run_bench(
+        "gpu.py", "--size", "tiny", "--device", "cpu", "--texts", "48", "--batch-size", "16",
+        "--precisions", "fp32", "--output", str(output),
+    )  # fmt: skip
     result = json.loads(output.read_text())
     assert result["size"] == "tiny" and result["device"] == "cpu" and result["texts"] == 48
     (run,) = result["runs"]
@@ -28,34 +36,22 @@ def test_gpu_benchmark_runs_on_cpu_at_a_tiny_size(tmp_path):
 
 
 def test_topk_benchmark_finds_the_same_neighbours_as_faiss():
-    completed = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "topk.py"), "--corpus", "6000", "--queries", "40",
-         "--k", "20", "--rows-per-file", "2000", "--repeats", "1", "--check-queries", "40"],
-        capture_output=True, text=True, timeout=300,
+    stdout = _run_bench(
+        "topk.py", "--corpus", "6000", "--queries", "40", "--k", "20", "--rows-per-file", "2000",
+        "--repeats", "1", "--check-queries", "40",
     )  # fmt: skip
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    assert "same neighbours as faiss 1.0000" in completed.stdout
-    assert "float64 ground truth (40 queries): pipeline 1.0000" in completed.stdout
-    assert "retrieval stage on Ray (3 files)" in completed.stdout
+    assert "same neighbours as faiss 1.0000" in stdout
+    assert "float64 ground truth (40 queries): pipeline 1.0000" in stdout
+    assert "retrieval stage on Ray (3 files)" in stdout
 
 
 def test_embed_memory_benchmark_embeds_every_passage_once():
-    completed = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "embed_memory.py"), "--passages", "3000"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    assert "passages 3000: embed stage" in completed.stdout
-    assert "3000 vectors, one per passage" in completed.stdout
+    stdout = _run_bench("embed_memory.py", "--passages", "3000")
+    assert "passages 3000: embed stage" in stdout
+    assert "3000 vectors, one per passage" in stdout
 
 
 def test_prepare_memory_benchmark_matches_every_positive_to_its_passage():
-    completed = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "prepare_memory.py"), "--passages", "3000"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert completed.returncode == 0, completed.stderr[-3000:]  # the script asserts the qrels
-    assert "passages 3000: prepare stage" in completed.stdout
-    assert (
-        "1000 queries, each positive matched to the passage it was drawn from" in completed.stdout
-    )
+    stdout = _run_bench("prepare_memory.py", "--passages", "3000")  # it asserts the qrels
+    assert "passages 3000: prepare stage" in stdout
+    assert "1000 queries, each positive matched to the passage it was drawn from" in stdout
