@@ -15,17 +15,27 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from rerank_ray.embed import to_fixed_size_list
 from rerank_ray.errors import DataError
-from rerank_ray.io import atomic_path, iter_parquet_batches, parquet_files, parquet_rows
+from rerank_ray.io import (
+    atomic_path,
+    copy_tree,
+    exists,
+    is_dir,
+    iter_parquet_batches,
+    join,
+    makedirs,
+    parquet_files,
+    parquet_rows,
+    parquet_schema,
+    parquet_writer,
+    read_dataset,
+)
 
 #: Bumped when the stored layout changes, so old entries are not read as new ones.
 CACHE_FORMAT = 1
@@ -62,49 +72,40 @@ def role_options(options, role: str) -> dict:
     }
 
 
-def copy_tree(source: str, target: str) -> None:
-    """Copy a directory of Parquet files, hard-linking where the filesystem allows it."""
-    os.makedirs(target)
-    for name in sorted(os.listdir(source)):
-        if name.startswith("."):
-            continue
-        try:
-            os.link(os.path.join(source, name), os.path.join(target, name))
-        except OSError:  # another filesystem, or links not supported
-            shutil.copy2(os.path.join(source, name), os.path.join(target, name))
-
-
 class EmbeddingCache:
-    """Embedding directories under ``root/embeddings/<key>/``, each published atomically."""
+    """Embedding directories under ``root/embeddings/<key>/``, each published atomically.
+
+    ``root`` is a local directory or a URI (a cache on object storage that a cluster shares).
+    """
 
     def __init__(self, root: str):
-        self.root = os.path.join(root, "embeddings")
+        self.root = join(root, "embeddings")
 
     def path(self, key: str) -> str:
-        return os.path.join(self.root, key)
+        return join(self.root, key)
 
     def lookup(self, key: str) -> str | None:
         path = self.path(key)
-        return path if os.path.isdir(path) else None
+        return path if is_dir(path) else None
 
     def store(self, key: str, source_dir: str) -> str:
         """Put a copy of ``source_dir`` under ``key`` (a no-op if another run already did)."""
         path = self.path(key)
-        if os.path.isdir(path):
+        if is_dir(path):
             return path
-        os.makedirs(self.root, exist_ok=True)
+        makedirs(self.root)
         with atomic_path(path) as tmp:
             copy_tree(source_dir, tmp)
         return path
 
 
 def _embedding_files(path: str) -> list[str]:
-    if os.path.isdir(path):
+    if is_dir(path):
         files = parquet_files(path)
         if not files:
             raise DataError(f"{path}: no .parquet files")
         return files
-    if not os.path.exists(path):
+    if not exists(path):
         raise DataError(f"{path}: no such file or directory")
     return [path]
 
@@ -168,9 +169,9 @@ def import_embeddings(
     rows = 0
     dimension = None
     with atomic_path(target_dir) as tmp:
-        os.makedirs(tmp)
+        makedirs(tmp)
         for file_index, path in enumerate(files):
-            out = os.path.join(tmp, f"part-{file_index:05d}.parquet")
+            out = join(tmp, f"part-{file_index:05d}.parquet")
             written, dimension = _import_file(path, id_column, out, storage, dimension)
             rows += written
         if rows == 0:
@@ -190,7 +191,7 @@ def _import_file(
     path: str, id_column: str, out: str, storage: str, dimension: int | None
 ) -> tuple[int, int | None]:
     """Check and convert one supplied file, batch by batch; returns (rows, dimension)."""
-    names = pq.read_schema(path).names
+    names = parquet_schema(path).names
     for column in (id_column, "embedding"):
         if column not in names:
             raise DataError(f"{path}: missing column '{column}' (has {', '.join(names)})")
@@ -218,7 +219,7 @@ def _import_file(
             }
         )
         if writer is None:
-            writer = pq.ParquetWriter(out, table.schema)
+            writer = parquet_writer(out, table.schema)
         writer.write_table(table)
         row += batch.num_rows
     if writer is not None:
@@ -259,7 +260,7 @@ def check_ids(table_path: str, supplied_path: str, id_column: str) -> IdProblems
 
     def ids(path: str, in_table: int) -> ray.data.Dataset:
         return (
-            ray.data.read_parquet(path)
+            read_dataset(path)
             .select_columns([id_column])
             .map_batches(_tagged_ids, fn_kwargs={"in_table": in_table}, batch_format="pyarrow")
         )

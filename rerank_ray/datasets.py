@@ -37,13 +37,28 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pyarrow.fs import FileType
 
 from rerank_ray.errors import DataError
-from rerank_ray.io import discard, iter_parquet_batches, publish, temporary_sibling
+from rerank_ray.io import (
+    absolute,
+    discard,
+    file_info,
+    is_uri,
+    iter_parquet_batches,
+    join,
+    makedirs,
+    open_binary,
+    parquet_writer,
+    publish,
+    read_dataset,
+    read_table,
+    split,
+    temporary_sibling,
+)
 
 CORPUS_SCHEMA = pa.schema([("pid", pa.string()), ("text", pa.string())])
 QUERIES_SCHEMA = pa.schema([("qid", pa.string()), ("text", pa.string())])
@@ -180,16 +195,23 @@ def passage_id(text: str) -> str:
 
 
 def _check_file(path: str) -> None:
-    if not os.path.exists(path):
+    info = file_info(path)
+    if info.type == FileType.NotFound:
         raise DataError(f"{path}: no such file")
-    if os.path.isdir(path):
+    if info.type == FileType.Directory:
         raise DataError(f"{path}: is a directory, expected a file")
-    if os.path.getsize(path) == 0:
+    if info.size == 0:
         raise DataError(f"{path}: file is empty")
 
 
-def _is_local(source: str) -> bool:
-    return source.endswith(TABULAR_SUFFIXES) or os.path.sep in source or os.path.exists(source)
+def _is_file(source: str) -> bool:
+    """A local path or a URI (``s3://…``), not a Hub dataset name."""
+    return (
+        source.endswith(TABULAR_SUFFIXES)
+        or is_uri(source)
+        or os.path.sep in source
+        or os.path.exists(source)
+    )
 
 
 def _decode(raw: bytes, path: str, line_number: int) -> str:
@@ -207,7 +229,7 @@ def iter_records(source: str, split: str = "train") -> Iterator[tuple[str, dict]
     ``where`` names the file and row for error messages (``"dev.jsonl, line 7"``). Hub
     datasets are streamed with :func:`datasets.load_dataset` so only the rows used are read.
     """
-    if not _is_local(source):
+    if not _is_file(source):
         yield from _iter_hub_records(source, split)
         return
     _check_file(source)
@@ -221,9 +243,9 @@ def iter_records(source: str, split: str = "train") -> Iterator[tuple[str, dict]
             raise DataError(f"{source}: no rows")
         return
     if source.endswith(".json") and not _looks_like_jsonl(source):
-        with open(source, encoding="utf-8") as handle:
+        with open_binary(source) as handle:
             try:
-                data = json.load(handle)
+                data = json.loads(handle.read().decode("utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError) as error:
                 raise DataError(f"{source}: not valid JSON ({error})") from None
         if not isinstance(data, list):
@@ -232,7 +254,7 @@ def iter_records(source: str, split: str = "train") -> Iterator[tuple[str, dict]
             yield f"{source}, record {index}", record
         return
     seen = 0
-    with open(source, "rb") as handle:
+    with open_binary(source) as handle:
         for line_number, raw in enumerate(handle, start=1):
             line = _decode(raw, source, line_number).strip()
             if not line:
@@ -250,7 +272,7 @@ def iter_records(source: str, split: str = "train") -> Iterator[tuple[str, dict]
 
 
 def _looks_like_jsonl(path: str) -> bool:
-    with open(path, "rb") as handle:
+    with open_binary(path) as handle:
         head = handle.read(1).lstrip()
     return head != b"["
 
@@ -277,7 +299,7 @@ def iter_tsv(path: str, columns: tuple[str, str]) -> Iterator[tuple[int, str, st
             bytes that are not UTF-8, naming the file and line.
     """
     _check_file(path)
-    with open(path, "rb") as handle:
+    with open_binary(path) as handle:
         for line_number, raw in enumerate(handle, start=1):
             line = _decode(raw, path, line_number).rstrip("\r\n")
             if not line:
@@ -300,7 +322,7 @@ def iter_trec_qrels(path: str) -> Iterator[tuple[int, str, str, int]]:
     Fields are whitespace-separated; relevance is an integer and may be graded.
     """
     _check_file(path)
-    with open(path, "rb") as handle:
+    with open_binary(path) as handle:
         for line_number, raw in enumerate(handle, start=1):
             line = _decode(raw, path, line_number).strip()
             if not line:
@@ -339,7 +361,7 @@ class _TableWriter:
         # A hidden staging folder: unfinished, the table never looks finished, and Ray Data
         # (which skips hidden files, not hidden folders) can still read the files to check them.
         self._staging = temporary_sibling(path)
-        os.makedirs(self._staging)
+        makedirs(self._staging)
         self._rows_per_file = rows_per_file
         self._writer: pq.ParquetWriter | None = None
         self._rows_in_file = 0
@@ -352,14 +374,14 @@ class _TableWriter:
         """The unpublished table: the staging folder itself, or the one file inside it."""
         if self._rows_per_file:
             return self._staging
-        return os.path.join(self._staging, os.path.basename(self.path))
+        return join(self._staging, split(self.path)[1])
 
     def _open_next_file(self) -> None:
         if self._writer is not None:
             self._writer.close()
         name = f"part-{self._files:05d}.parquet" if self._rows_per_file else None
-        self._writer = pq.ParquetWriter(
-            os.path.join(self._staging, name) if name else self.finished_path, self.schema
+        self._writer = parquet_writer(
+            join(self._staging, name) if name else self.finished_path, self.schema
         )
         self._files += 1
         self._rows_in_file = 0
@@ -455,12 +477,12 @@ def _iter_query_rows(config: DataConfig) -> Iterator[tuple[int, str, str, list[s
 
 
 @contextlib.contextmanager
-def _table_writers(out_dir: Path) -> Iterator[tuple[_TableWriter, _TableWriter, _TableWriter]]:
+def _table_writers(out_dir: str) -> Iterator[tuple[_TableWriter, _TableWriter, _TableWriter]]:
     """The three normalized tables; all published together, or none on an error."""
     writers = (
-        _TableWriter(str(out_dir / "corpus.parquet"), CORPUS_SCHEMA, CORPUS_ROWS_PER_FILE),
-        _TableWriter(str(out_dir / "queries.parquet"), QUERIES_SCHEMA),
-        _TableWriter(str(out_dir / "qrels.parquet"), QRELS_SCHEMA),
+        _TableWriter(join(out_dir, "corpus.parquet"), CORPUS_SCHEMA, CORPUS_ROWS_PER_FILE),
+        _TableWriter(join(out_dir, "queries.parquet"), QUERIES_SCHEMA),
+        _TableWriter(join(out_dir, "qrels.parquet"), QRELS_SCHEMA),
     )
     try:
         yield writers
@@ -472,7 +494,7 @@ def _table_writers(out_dir: Path) -> Iterator[tuple[_TableWriter, _TableWriter, 
         writer.close()
 
 
-def _prepare_from_dataset(config: DataConfig, out_dir: Path) -> PreparedData:
+def _prepare_from_dataset(config: DataConfig, out_dir: str) -> PreparedData:
     with _table_writers(out_dir) as (corpus, queries, qrels):
         if config.corpus is None:
             _dataset_rows_to_tables(config, corpus, queries, qrels)
@@ -708,12 +730,11 @@ def check_corpus(path: str, rows: int, wanted: list[str], match_on: str) -> Corp
 
 
 def _scan(path: str, wanted_ref, match_on: str, partitions: int):
-    import ray.data
     from ray.data.aggregate import Count, Max, Min
     from ray.data.expressions import col
 
     per_pid = (
-        ray.data.read_parquet(path)
+        read_dataset(path)
         .select_columns(["pid", "text"])
         .map_batches(
             _digests_and_matches,
@@ -760,7 +781,7 @@ def _digests_and_matches(block: pa.Table, wanted: list, match_on: str) -> pa.Tab
     )
 
 
-def _prepare_from_tables(config: DataConfig, out_dir: Path) -> PreparedData:
+def _prepare_from_tables(config: DataConfig, out_dir: str) -> PreparedData:
     # Queries and qrels are small: read and check them first, then stream the corpus once.
     with _table_writers(out_dir) as (corpus, queries, qrels):
         query_ids: set[str] = set()
@@ -809,8 +830,8 @@ def prepare_data(config: DataConfig, out_dir: str | os.PathLike) -> PreparedData
             table is left behind.
     """
     config.validate()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = absolute(out_dir)
+    makedirs(out)
     if config.dataset is not None:
         prepared = _prepare_from_dataset(config, out)
     else:
@@ -822,7 +843,7 @@ def prepare_data(config: DataConfig, out_dir: str | os.PathLike) -> PreparedData
 
 def read_qrels(path: str) -> dict[str, dict[str, int]]:
     """Read a normalized qrels table into ``{qid: {pid: relevance}}``."""
-    table = pq.read_table(path, schema=QRELS_SCHEMA)
+    table = read_table(path, schema=QRELS_SCHEMA)
     qrels: dict[str, dict[str, int]] = {}
     for qid, pid, relevance in zip(*(table[c].to_pylist() for c in QRELS_SCHEMA.names)):
         qrels.setdefault(qid, {})[pid] = relevance

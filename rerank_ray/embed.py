@@ -23,9 +23,18 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from rerank_ray.io import discard, parquet_files, parquet_rows, publish, temporary_sibling
+from rerank_ray.io import (
+    discard,
+    join,
+    makedirs,
+    parquet_files,
+    parquet_rows,
+    publish,
+    read_dataset,
+    temporary_sibling,
+    write_table,
+)
 from rerank_ray.models import Embedder, EmbedderOptions
 
 ID_COLUMN = {"corpus": "pid", "queries": "qid"}
@@ -396,7 +405,6 @@ def embed_tables(
     Returns:
         Per role: rows written, the pool's wall time (shared) and resources, counts.
     """
-    import ray.data
 
     resources = resources or plan_resources()
     started = time.perf_counter()
@@ -404,7 +412,7 @@ def embed_tables(
     rows_per_call = balanced_call_size(total, resources.actors, rows_per_call)
     streams = []
     for role, (table_path, _) in sorted(tables.items(), reverse=True):  # queries first: short
-        stream = ray.data.read_parquet(table_path).select_columns([ID_COLUMN[role], "text"])
+        stream = read_dataset(table_path).select_columns([ID_COLUMN[role], "text"])
         streams.append(
             stream.map_batches(_tagged, fn_kwargs={"role": role}, batch_format="pyarrow")
         )
@@ -432,7 +440,7 @@ def embed_tables(
     try:
         vectors.write_datasink(_role_files(temporary))
         for directory in temporary.values():
-            os.makedirs(directory, exist_ok=True)  # a role with no rows still gets its directory
+            makedirs(directory)  # a role with no rows still gets its directory
         rows = {role: parquet_rows(directory) for role, directory in temporary.items()}
     except BaseException:
         for directory in temporary.values():
@@ -507,9 +515,9 @@ def _write_role_files(blocks, task_index: int, directories: dict[str, str]) -> d
     for index, block in enumerate(blocks):
         for role, rows in by_role(BlockAccessor.for_block(block).to_arrow()):
             out = pa.table({ID_COLUMN[role]: rows.column("id"), "embedding": rows["embedding"]})
-            os.makedirs(directories[role], exist_ok=True)
+            makedirs(directories[role])
             name = f"part-{task_index:06d}-{index:04d}.parquet"
-            pq.write_table(out, os.path.join(directories[role], name))
+            write_table(out, join(directories[role], name))
             counts[role] = counts.get(role, 0) + out.num_rows
     return counts
 

@@ -1,42 +1,154 @@
-"""Publishing files and directories atomically, so a half-written output never looks finished."""
+"""Files on local disks and object stores, published so a half-written output never looks
+finished.
+
+Every path here is a local path or a URI: pyarrow's filesystems resolve ``s3://``,
+``gs://``, ``abfs://``, ``hdfs://`` and ``file://``, and fsspec any other protocol it knows.
+Credentials and endpoints come from the filesystem's usual environment (for S3 and
+S3-compatible stores: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``,
+``AWS_ENDPOINT_URL``); every Ray worker needs the same environment.
+
+Publishing: on a local or shared filesystem a rename is atomic, files and directories alike.
+Object stores have no rename: a file still appears whole (an upload becomes visible when it
+completes), but a directory is copied in object by object, so there the run's manifest is the
+commit point (a stage counts as done only once the manifest records it).
+
+Example:
+    >>> write_json("s3://bucket/runs/seed/metrics.json", {"recall@10": 0.99})  # doctest: +SKIP
+    >>> parquet_files("s3://bucket/runs/seed/embeddings/corpus")  # doctest: +SKIP
+    ['s3://bucket/runs/seed/embeddings/corpus/part-000000-0000.parquet', ...]
+"""
 
 from __future__ import annotations
 
 import contextlib
+import io as stdio
 import json
 import os
+import posixpath
 import shutil
 import uuid
 from collections.abc import Iterator
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-
-def temporary_sibling(path: str) -> str:
-    """A unique temporary name next to ``path``, on the same filesystem so a rename is atomic."""
-    directory, name = os.path.split(os.path.abspath(path))
-    return os.path.join(directory, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+LOCAL = pafs.LocalFileSystem()
 
 
-def discard(path: str) -> None:
-    """Remove a file or directory if it exists."""
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    elif os.path.lexists(path):
-        os.remove(path)
+def is_uri(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a filesystem by scheme (``s3://…``) rather than a local path."""
+    return "://" in os.fspath(path)
+
+
+def resolve(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem holding ``path``, and the path inside it.
+
+    Example:
+        >>> resolve("s3://bucket/runs/seed")  # doctest: +SKIP
+        (<pyarrow._s3fs.S3FileSystem ...>, 'bucket/runs/seed')
+    """
+    path = os.fspath(path)
+    if not is_uri(path):
+        return LOCAL, os.path.abspath(path)
+    try:
+        return pafs.FileSystem.from_uri(path)
+    except pa.ArrowInvalid:  # a protocol pyarrow does not know: ask fsspec
+        import fsspec
+
+        filesystem, inner = fsspec.core.url_to_fs(path)
+        return pafs.PyFileSystem(pafs.FSSpecHandler(filesystem)), inner
+
+
+def absolute(path: str | os.PathLike) -> str:
+    """A local path made absolute (Ray workers have other working directories); URIs as given."""
+    path = os.fspath(path)
+    return path.rstrip("/") if is_uri(path) else os.path.abspath(path)
+
+
+def join(base: str | os.PathLike, *names: str) -> str:
+    """``base/name/...`` for local paths and URIs alike."""
+    base = os.fspath(base)
+    if is_uri(base):
+        return posixpath.join(base, *names)
+    return os.path.join(base, *names)
+
+
+def split(path: str | os.PathLike) -> tuple[str, str]:
+    """``(parent, name)`` of a local path or URI."""
+    path = os.fspath(path)
+    if is_uri(path):
+        parent, _, name = path.rstrip("/").rpartition("/")
+        return parent, name
+    return os.path.split(os.path.abspath(path))
+
+
+def exists(path: str | os.PathLike) -> bool:
+    filesystem, inner = resolve(path)
+    return filesystem.get_file_info(inner).type != pafs.FileType.NotFound
+
+
+def is_dir(path: str | os.PathLike) -> bool:
+    filesystem, inner = resolve(path)
+    return filesystem.get_file_info(inner).type == pafs.FileType.Directory
+
+
+def makedirs(path: str | os.PathLike) -> None:
+    """Create a directory and its parents (on an object store: a directory marker)."""
+    filesystem, inner = resolve(path)
+    filesystem.create_dir(inner, recursive=True)
+
+
+def temporary_sibling(path: str | os.PathLike) -> str:
+    """A unique hidden name next to ``path``, on the same filesystem so a rename is atomic."""
+    directory, name = split(path)
+    return join(directory, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+def discard(path: str | os.PathLike) -> None:
+    """Remove a file or directory if it exists (a local link itself, not what it points to)."""
+    path = os.fspath(path)
+    if not is_uri(path):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.lexists(path):
+            os.remove(path)
+        return
+    filesystem, inner = resolve(path)
+    kind = filesystem.get_file_info(inner).type
+    if kind == pafs.FileType.Directory:
+        filesystem.delete_dir(inner)
+    elif kind == pafs.FileType.File:
+        filesystem.delete_file(inner)
 
 
 def publish(tmp_path: str, final_path: str) -> None:
-    """Move ``tmp_path`` to ``final_path``, replacing what was there."""
-    if os.path.isdir(tmp_path) and os.path.exists(final_path):
-        # os.replace cannot replace a non-empty directory: move the old one aside first.
-        old = temporary_sibling(final_path)
-        os.replace(final_path, old)
-        os.replace(tmp_path, final_path)
-        discard(old)
-    else:
-        os.replace(tmp_path, final_path)
+    """Move ``tmp_path`` to ``final_path``, replacing what was there.
+
+    Atomic on local and shared filesystems. On an object store a file still appears whole;
+    a directory is copied in (server-side) after the old one is removed.
+    """
+    if not is_uri(final_path):
+        if os.path.isdir(tmp_path) and os.path.exists(final_path):
+            # os.replace cannot replace a non-empty directory: move the old one aside first.
+            old = temporary_sibling(final_path)
+            os.replace(final_path, old)
+            os.replace(tmp_path, final_path)
+            discard(old)
+        else:
+            os.replace(tmp_path, final_path)
+        return
+    filesystem, source = resolve(tmp_path)
+    _, target = resolve(final_path)
+    if filesystem.get_file_info(source).type != pafs.FileType.Directory:
+        filesystem.move(source, target)
+        return
+    discard(final_path)
+    filesystem.create_dir(target, recursive=True)
+    for info in filesystem.get_file_info(pafs.FileSelector(source, recursive=True)):
+        if info.type == pafs.FileType.File:
+            filesystem.copy_file(info.path, target + info.path[len(source) :])
+    filesystem.delete_dir(source)
 
 
 @contextlib.contextmanager
@@ -44,8 +156,8 @@ def atomic_path(final_path: str) -> Iterator[str]:
     """Yield a temporary path to write; publish it at ``final_path`` only on success.
 
     Example:
-        >>> with atomic_path("/tmp/example.txt") as tmp:  # doctest: +SKIP
-        ...     open(tmp, "w").write("done")
+        >>> with atomic_path("/tmp/example.parquet") as tmp:  # doctest: +SKIP
+        ...     write_table(table, tmp)
     """
     tmp_path = temporary_sibling(final_path)
     try:
@@ -56,26 +168,95 @@ def atomic_path(final_path: str) -> Iterator[str]:
     publish(tmp_path, final_path)
 
 
+def copy_tree(source: str, target: str) -> None:
+    """Copy the visible files of directory ``source`` into a new directory ``target``, across
+    filesystems too (local to object store and back); local to local hard-links if it can."""
+    if not is_uri(source) and not is_uri(target):
+        os.makedirs(target)
+        for name in sorted(os.listdir(source)):
+            if name.startswith("."):
+                continue
+            try:
+                os.link(os.path.join(source, name), os.path.join(target, name))
+            except OSError:  # another filesystem, or links not allowed
+                shutil.copy2(os.path.join(source, name), os.path.join(target, name))
+        return
+    source_fs, source_inner = resolve(source)
+    target_fs, target_inner = resolve(target)
+    target_fs.create_dir(target_inner, recursive=True)
+    for info in source_fs.get_file_info(pafs.FileSelector(source_inner)):
+        name = posixpath.basename(info.path)
+        if info.type == pafs.FileType.File and not name.startswith("."):
+            pafs.copy_files(
+                info.path,
+                posixpath.join(target_inner, name),
+                source_filesystem=source_fs,
+                destination_filesystem=target_fs,
+            )
+
+
+def open_output(path: str):
+    """A binary stream writing ``path`` (its directory must exist on a local filesystem)."""
+    filesystem, inner = resolve(path)
+    return filesystem.open_output_stream(inner)
+
+
+def open_input(path: str):
+    """A seekable binary stream reading ``path``."""
+    filesystem, inner = resolve(path)
+    return filesystem.open_input_file(inner)
+
+
+def open_binary(path: str):
+    """A buffered binary stream reading ``path``, iterable line by line."""
+    if not is_uri(path):
+        return open(path, "rb")  # noqa: SIM115 (the caller closes it)
+    filesystem, inner = resolve(path)
+    return stdio.BufferedReader(filesystem.open_input_stream(inner), buffer_size=1 << 20)
+
+
+def file_info(path: str) -> pafs.FileInfo:
+    """Type and size of ``path`` (``type`` is ``FileType.NotFound`` when it does not exist)."""
+    filesystem, inner = resolve(path)
+    return filesystem.get_file_info(inner)
+
+
 def parquet_files(path: str) -> list[str]:
     """The files of a Parquet table: ``path`` itself, or a directory's ``.parquet`` files in
     name order, without the hidden ones (``.`` or ``_``, which Ray Data and Arrow skip too).
 
     Example:
         >>> parquet_files("runs/seed/embeddings/corpus")  # doctest: +SKIP
-        ['runs/seed/embeddings/corpus/part-000000-0000.parquet', ...]
+        ['/home/me/runs/seed/embeddings/corpus/part-000000-0000.parquet', ...]
     """
-    if not os.path.isdir(path):
+    filesystem, inner = resolve(path)
+    if filesystem.get_file_info(inner).type != pafs.FileType.Directory:
         return [path]
+    names = (
+        posixpath.basename(info.path)
+        for info in filesystem.get_file_info(pafs.FileSelector(inner))
+        if info.type == pafs.FileType.File
+    )
     return sorted(
-        os.path.join(path, name)
-        for name in os.listdir(path)
+        join(path, name)
+        for name in names
         if name.endswith(".parquet") and not name.startswith((".", "_"))
     )
 
 
 def parquet_rows(path: str) -> int:
     """The row count of a Parquet table (:func:`parquet_files`), from the files' footers."""
-    return sum(pq.read_metadata(file).num_rows for file in parquet_files(path))
+    total = 0
+    for file in parquet_files(path):
+        filesystem, inner = resolve(file)
+        total += pq.read_metadata(inner, filesystem=filesystem).num_rows
+    return total
+
+
+def parquet_schema(path: str) -> pa.Schema:
+    """The schema of a Parquet file, from its footer."""
+    filesystem, inner = resolve(path)
+    return pq.read_schema(inner, filesystem=filesystem)
 
 
 def iter_parquet_batches(
@@ -87,20 +268,66 @@ def iter_parquet_batches(
     with the file (measured: 31 MiB of Arrow memory at 300k passages, 133 MiB at 3M).
     """
     for file in parquet_files(path):
-        with pq.ParquetFile(file) as parquet:
+        with open_input(file) as handle, pq.ParquetFile(handle) as parquet:
             for group in range(parquet.num_row_groups):
                 yield from parquet.iter_batches(
                     batch_size=batch_size, row_groups=[group], columns=columns
                 )
 
 
+def read_table(path: str, **kwargs) -> pa.Table:
+    """A whole Parquet table (a file, or a directory's files); ``kwargs`` go to
+    ``pyarrow.parquet.read_table`` (``columns=``, ``schema=``)."""
+    filesystem, inner = resolve(path)
+    return pq.read_table(inner, filesystem=filesystem, **kwargs)
+
+
+def write_table(table: pa.Table, path: str) -> None:
+    """Write ``table`` as one Parquet file at ``path`` (not atomic: see :func:`atomic_path`)."""
+    filesystem, inner = resolve(path)
+    pq.write_table(table, inner, filesystem=filesystem)
+
+
+def parquet_writer(path: str, schema: pa.Schema) -> pq.ParquetWriter:
+    """A ``ParquetWriter`` appending row groups to the file at ``path``."""
+    filesystem, inner = resolve(path)
+    return pq.ParquetWriter(inner, schema, filesystem=filesystem)
+
+
+def read_dataset(path: str, **kwargs):
+    """A Ray Data dataset over a Parquet table, read through the path's filesystem."""
+    import ray.data
+
+    filesystem, inner = resolve(path)
+    return ray.data.read_parquet(inner, filesystem=filesystem, **kwargs)
+
+
+def write_dataset(dataset, path: str) -> None:
+    """Write a Ray Data dataset as Parquet files under ``path``, through its filesystem."""
+    filesystem, inner = resolve(path)
+    dataset.write_parquet(inner, filesystem=filesystem)
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path``, atomically."""
+    with atomic_path(path) as tmp, open_output(tmp) as handle:
+        handle.write(data)
+
+
+def read_text(path: str) -> str:
+    with open_input(path) as handle:
+        return handle.read().decode("utf-8")
+
+
+def write_text(path: str, text: str) -> None:
+    """Write ``text`` as UTF-8, atomically."""
+    write_bytes(path, text.encode("utf-8"))
+
+
 def write_json(path: str, data: dict) -> None:
     """Write ``data`` as indented JSON, atomically."""
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, sort_keys=False, default=str)
-        handle.write("\n")
+    write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def read_json(path: str) -> dict:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    return json.loads(read_text(path))

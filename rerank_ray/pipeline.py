@@ -33,12 +33,11 @@ import platform
 import time
 from collections.abc import Callable
 from importlib import metadata
-from pathlib import Path
 
 from rerank_ray.config import RunConfig
 from rerank_ray.datasets import PreparedData, prepare_data, read_qrels
 from rerank_ray.errors import ConfigError
-from rerank_ray.io import discard, read_json, write_json
+from rerank_ray.io import absolute, discard, exists, join, makedirs, read_json, write_json
 
 log = logging.getLogger("rerank_ray")
 
@@ -56,32 +55,40 @@ VERSIONED_PACKAGES = (
 
 
 class RunDirectory:
-    """Paths inside a run directory, and its manifest."""
+    """Paths inside a run directory, and its manifest.
+
+    The root is a local directory or a URI (``s3://bucket/runs/seed``): see
+    :mod:`rerank_ray.io`. On an object store the manifest is the commit point of each stage.
+    """
 
     def __init__(self, root: str | os.PathLike):
-        self.root = Path(root).absolute()
+        self.root = absolute(root)
 
-    data_dir = property(lambda self: self.root / "data")
-    corpus_embeddings_dir = property(lambda self: self.root / "embeddings" / "corpus")
-    query_embeddings_dir = property(lambda self: self.root / "embeddings" / "queries")
-    retrieval_path = property(lambda self: self.root / "retrieval.parquet")
-    rerank_path = property(lambda self: self.root / "rerank.parquet")
-    plot_path = property(lambda self: self.root / "report.png")
-    metrics_path = property(lambda self: self.root / "metrics.json")
-    report_path = property(lambda self: self.root / "report.md")
-    manifest_path = property(lambda self: self.root / "manifest.json")
+    def _at(*names: str) -> property:
+        return property(lambda self: join(self.root, *names))
+
+    data_dir = _at("data")
+    corpus_embeddings_dir = _at("embeddings", "corpus")
+    query_embeddings_dir = _at("embeddings", "queries")
+    retrieval_path = _at("retrieval.parquet")
+    rerank_path = _at("rerank.parquet")
+    plot_path = _at("report.png")
+    metrics_path = _at("metrics.json")
+    report_path = _at("report.md")
+    manifest_path = _at("manifest.json")
+    del _at
 
     def read_manifest(self) -> dict:
-        if not self.manifest_path.exists():
+        if not exists(self.manifest_path):
             return {}
-        return read_json(str(self.manifest_path))
+        return read_json(self.manifest_path)
 
     def write_manifest(self, manifest: dict) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        write_json(str(self.manifest_path), manifest)
+        makedirs(self.root)
+        write_json(self.manifest_path, manifest)
 
-    def require(self, path: Path, stage: str) -> None:
-        if not path.exists():
+    def require(self, path: str, stage: str) -> None:
+        if not exists(path):
             raise ConfigError(f"{path}: missing; run the '{stage}' stage first")
 
 
@@ -132,7 +139,7 @@ class Pipeline:
             raise ConfigError(f"{self.run.root}: no prepared data; run the 'embed' stage first")
         return PreparedData.from_dict(self.manifest["data"])
 
-    def _outputs(self, stage: str) -> list[Path]:
+    def _outputs(self, stage: str) -> list[str]:
         run = self.run
         return {
             "prepare": [run.data_dir],
@@ -146,7 +153,7 @@ class Pipeline:
         """Remove what later stages wrote: it was computed from what this stage replaces."""
         for later in STAGES[STAGES.index(stage) + 1 :]:
             for path in self._outputs(later):
-                discard(str(path))
+                discard(path)
             self.manifest["stages"].pop(later, None)
 
     def stage_key(self, stage: str) -> str:
@@ -177,11 +184,15 @@ class Pipeline:
         """Whether ``stage`` finished with the current options and its outputs are in place."""
         recorded = self.manifest["stages"].get(stage, {})
         outputs = [p for p in self._outputs(stage) if p != self.run.plot_path]
-        return recorded.get("key") == self.stage_key(stage) and all(p.exists() for p in outputs)
+        return recorded.get("key") == self.stage_key(stage) and all(exists(p) for p in outputs)
 
     def _timed(self, stage: str, work: Callable[[], dict]) -> None:
         log.info("stage %s: started", stage)
         self._invalidate_after(stage)
+        # The manifest is the commit point: until this stage records itself again, it and
+        # those after it are not done (an object store publishes a directory in several steps).
+        self.manifest["stages"].pop(stage, None)
+        self.run.write_manifest(self.manifest)
         started = time.perf_counter()
         stats = work()
         stats.setdefault("wall_seconds", round(time.perf_counter() - started, 3))
@@ -218,13 +229,12 @@ class Pipeline:
         """
         from rerank_ray.cache import (
             EmbeddingCache,
-            copy_tree,
             embedding_key,
             import_embeddings,
             role_options,
         )
         from rerank_ray.embed import embed_tables, plan_resources
-        from rerank_ray.io import atomic_path
+        from rerank_ray.io import atomic_path, copy_tree, split
         from rerank_ray.models import default_cache_dir, resolve_model
 
         prepared = self._prepared()
@@ -248,7 +258,7 @@ class Pipeline:
             started = time.perf_counter()
             parts, keys, to_compute = {}, {}, {}
             for role, table, content_hash, out, supplied in roles:
-                out.parent.mkdir(parents=True, exist_ok=True)
+                makedirs(split(out)[0])
                 keys[role] = embedding_key(
                     embedder.fingerprint, role_options(options, role), role, content_hash, dtype
                 )
@@ -259,16 +269,16 @@ class Pipeline:
                 if supplied:
                     log.info("stage embed: %s from %s", role, supplied)
                     id_column = "pid" if role == "corpus" else "qid"
-                    rows = import_embeddings(supplied, table, id_column, str(out), options.storage)
+                    rows = import_embeddings(supplied, table, id_column, out, options.storage)
                     parts[role] = {"rows": rows, "reused": True, "source": supplied}
                 elif cached:
                     log.info("stage embed: %s reused from the cache %s", role, cached)
-                    with atomic_path(str(out)) as tmp:
+                    with atomic_path(out) as tmp:
                         copy_tree(cached, tmp)
                     rows = getattr(prepared, "num_" + role)
                     parts[role] = {"rows": rows, "reused": True, "source": cached}
                 else:
-                    to_compute[role] = (table, str(out))
+                    to_compute[role] = (table, out)
                     continue
                 parts[role]["wall_seconds"] = round(time.perf_counter() - role_started, 3)
             if to_compute:
@@ -312,9 +322,9 @@ class Pipeline:
 
         def work() -> dict:
             stats = exact_search(
-                str(self.run.corpus_embeddings_dir),
-                str(self.run.query_embeddings_dir),
-                str(self.run.retrieval_path),
+                self.run.corpus_embeddings_dir,
+                self.run.query_embeddings_dir,
+                self.run.retrieval_path,
                 k=self.config.top_k,
             )
             return {**stats.to_dict(), "top_k": self.config.top_k}
@@ -347,10 +357,10 @@ class Pipeline:
 
         def work() -> dict:
             stats = rerank_candidates(
-                str(self.run.retrieval_path),
+                self.run.retrieval_path,
                 prepared.corpus_path,
                 prepared.queries_path,
-                str(self.run.rerank_path),
+                self.run.rerank_path,
                 self.config.rerank,
                 resources=resources,
                 rows_per_call=self.config.compute.rows_per_call,
@@ -369,7 +379,7 @@ class Pipeline:
 
         self.run.require(self.run.retrieval_path, "retrieve")
         prepared = self._prepared()
-        reranked = self.config.reranks and self.run.rerank_path.exists()
+        reranked = self.config.reranks and exists(self.run.rerank_path)
         if self.config.reranks and not reranked:
             raise ConfigError(f"{self.run.rerank_path}: missing; run the 'rerank' stage first")
         result: dict = {}
@@ -377,11 +387,9 @@ class Pipeline:
 
         def work() -> dict:
             qrels = read_qrels(prepared.qrels_path)
-            rankings["retrieval"] = read_ranking(str(self.run.retrieval_path))
+            rankings["retrieval"] = read_ranking(self.run.retrieval_path)
             if reranked:
-                rankings["rerank"] = reranked_rankings(
-                    str(self.run.rerank_path), rankings["retrieval"]
-                )
+                rankings["rerank"] = reranked_rankings(self.run.rerank_path, rankings["retrieval"])
             stats: dict = {}
             for stage, ranking in rankings.items():
                 evaluation = evaluate(ranking, qrels)
@@ -392,19 +400,19 @@ class Pipeline:
                 stats["rerank_effect"] = compare_stages(
                     rankings["retrieval"], rankings["rerank"], qrels
                 )
-            write_json(str(self.run.metrics_path), result)
+            write_json(self.run.metrics_path, result)
             write_plot(
-                str(self.run.plot_path),
+                self.run.plot_path,
                 rankings,
                 qrels,
-                str(self.run.rerank_path) if reranked else None,
+                self.run.rerank_path if reranked else None,
                 self.config.top_k,
                 note=SMOKE_WARNING if reranked and is_smoke_model(self.config.reranker) else None,
             )
             return stats
 
         self._timed("evaluate", work)
-        write_report(str(self.run.report_path), result, self.manifest)
+        write_report(self.run.report_path, result, self.manifest)
         return result
 
     def run_all(self, resume: bool = True) -> dict:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from rerank_ray.io import atomic_path
+import io
+
+from rerank_ray.io import read_table, write_bytes, write_text
 from rerank_ray.metrics import DEFAULT_METRICS, parse_metric, recall_at_k, reciprocal_rank_at_k
 
 SMOKE_MODELS = ("minilm-smoke",)
@@ -138,8 +140,7 @@ def render_report(metrics: dict, manifest: dict) -> str:
 
 def write_report(path: str, metrics: dict, manifest: dict) -> None:
     """Write ``report.md`` atomically."""
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(render_report(metrics, manifest))
+    write_text(path, render_report(metrics, manifest))
 
 
 def write_plot(
@@ -172,9 +173,7 @@ def write_plot(
     axes[0][0].grid(True, alpha=0.3)
     axes[0][0].legend()
     if rerank_path:
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(rerank_path, columns=["qid", "pid", "score"]).to_pydict()
+        table = read_table(rerank_path, columns=["qid", "pid", "score"]).to_pydict()
         relevant, other = [], []
         for qid, pid, score in zip(table["qid"], table["pid"], table["score"]):
             (relevant if qrels.get(qid, {}).get(pid, 0) >= 1 else other).append(score)
@@ -190,6 +189,7 @@ def write_plot(
     if note:
         figure.suptitle(note, color="darkred", fontsize=10)
     figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=100)
     plt.close(figure)
+    write_bytes(path, image.getvalue())

@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from rerank_ray.embed import (
     ActorResources,
@@ -33,7 +32,15 @@ from rerank_ray.embed import (
     report_counts,
 )
 from rerank_ray.errors import ConfigError
-from rerank_ray.io import atomic_path, discard, temporary_sibling
+from rerank_ray.io import (
+    atomic_path,
+    discard,
+    read_dataset,
+    read_table,
+    temporary_sibling,
+    write_dataset,
+    write_table,
+)
 from rerank_ray.models import CrossEncoder, sigmoid
 
 RERANK_SCHEMA = pa.schema(
@@ -81,10 +88,10 @@ class RerankOptions:
 
 def candidate_pairs_table(retrieval_path: str, queries_path: str, top_k: int | None) -> pa.Table:
     """``qid, pid, retrieval_rank, query`` for the top ``top_k`` retrieved passages per query."""
-    retrieval = pq.read_table(retrieval_path, columns=["qid", "pid", "rank"])
+    retrieval = read_table(retrieval_path, columns=["qid", "pid", "rank"])
     if top_k is not None:
         retrieval = retrieval.filter(pc.less_equal(retrieval["rank"], top_k))
-    queries = pq.read_table(queries_path).rename_columns(["qid", "query"])
+    queries = read_table(queries_path).rename_columns(["qid", "query"])
     candidates = retrieval.rename_columns(["qid", "pid", "retrieval_rank"]).join(
         queries, keys="qid", join_type="inner"
     )
@@ -191,7 +198,7 @@ def rerank_candidates(
     expected_pairs = candidates.num_rows
     candidates_ref = ray.put(candidates)
     pairs = (
-        ray.data.read_parquet(corpus_path)
+        read_dataset(corpus_path)
         .map_batches(
             pairs_of_block,
             fn_kwargs={"candidates": [candidates_ref]},
@@ -206,8 +213,8 @@ def rerank_candidates(
     )
     scores_dir = temporary_sibling(output_path)
     try:
-        scored.write_parquet(scores_dir)
-        table = pq.read_table(scores_dir)
+        write_dataset(scored, scores_dir)
+        table = read_table(scores_dir)
     finally:
         discard(scores_dir)
     if table.num_rows != expected_pairs:
@@ -217,7 +224,7 @@ def rerank_candidates(
         )
     ranked = rank_scored_pairs(table)
     with atomic_path(output_path) as tmp:
-        pq.write_table(ranked, tmp)
+        write_table(ranked, tmp)
     counts, used = collect_counters(counters, resources)
     return StageStats(
         rows=ranked.num_rows,

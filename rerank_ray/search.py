@@ -52,7 +52,7 @@ import pyarrow.parquet as pq
 
 from rerank_ray.embed import StageStats, embedding_files, embedding_matrix
 from rerank_ray.errors import DataError
-from rerank_ray.io import atomic_path
+from rerank_ray.io import atomic_path, open_input, read_table, write_table
 
 RETRIEVAL_SCHEMA = pa.schema(
     [("qid", pa.string()), ("pid", pa.string()), ("rank", pa.int32()), ("score", pa.float32())]
@@ -345,15 +345,15 @@ def search_file(
     if block_rows is None:
         block_rows = max(1024, MAX_BLOCK_SCORES // max(1, len(queries)))
     search = BlockSearch(queries, k, device=device, shortlist=shortlist)
-    parquet = pq.ParquetFile(path)
-    for batch in parquet.iter_batches(batch_size=block_rows, columns=["pid", "embedding"]):
-        vectors = embedding_matrix(batch.column("embedding"), keep_dtype=True)
-        if vectors.shape[1] != queries.shape[1]:
-            raise DataError(
-                f"{path}: corpus embeddings have {vectors.shape[1]} dimensions,"
-                f" query embeddings {queries.shape[1]}"
-            )
-        search.add(vectors, np.asarray(batch.column("pid").to_pylist(), dtype=str))
+    with open_input(path) as handle, pq.ParquetFile(handle) as parquet:
+        for batch in parquet.iter_batches(batch_size=block_rows, columns=["pid", "embedding"]):
+            vectors = embedding_matrix(batch.column("embedding"), keep_dtype=True)
+            if vectors.shape[1] != queries.shape[1]:
+                raise DataError(
+                    f"{path}: corpus embeddings have {vectors.shape[1]} dimensions,"
+                    f" query embeddings {queries.shape[1]}"
+                )
+            search.add(vectors, np.asarray(batch.column("pid").to_pylist(), dtype=str))
     return search.result()
 
 
@@ -362,7 +362,7 @@ def read_query_embeddings(directory: str) -> tuple[np.ndarray, np.ndarray]:
     files = embedding_files(directory)
     if not files:
         raise DataError(f"{directory}: no query embeddings")
-    table = pa.concat_tables(pq.read_table(path) for path in files)
+    table = pa.concat_tables(read_table(path) for path in files)
     qids = np.asarray(table.column("qid").to_pylist(), dtype=str)
     vectors = embedding_matrix(table.column("embedding"))
     order = np.argsort(qids, kind="stable")
@@ -419,7 +419,7 @@ def exact_search(
         merge(partial)
     table = topk_table(qids, result)
     with atomic_path(output_path) as tmp:
-        pq.write_table(table, tmp)
+        write_table(table, tmp)
     return StageStats(
         rows=table.num_rows,
         wall_seconds=time.perf_counter() - started,
@@ -461,7 +461,7 @@ def topk_table(qids: np.ndarray, result: TopK) -> pa.Table:
 
 def read_ranking(path: str) -> dict[str, list[str]]:
     """``{qid: [pid, ...]}`` in rank order from a ``retrieval.parquet`` or ``rerank.parquet``."""
-    table = pq.read_table(path, columns=["qid", "pid", "rank"]).sort_by(
+    table = read_table(path, columns=["qid", "pid", "rank"]).sort_by(
         [("qid", "ascending"), ("rank", "ascending")]
     )
     ranking: dict[str, list[str]] = {}

@@ -1,0 +1,107 @@
+"""Files through pyarrow filesystems: the same calls on a local disk and on S3 (moto)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pytest
+
+from rerank_ray.io import (
+    atomic_path,
+    copy_tree,
+    discard,
+    exists,
+    is_dir,
+    iter_parquet_batches,
+    join,
+    makedirs,
+    parquet_files,
+    parquet_rows,
+    publish,
+    read_json,
+    read_table,
+    temporary_sibling,
+    write_json,
+    write_table,
+)
+
+
+@pytest.fixture(params=["local", "s3"])
+def root(request, tmp_path):
+    """A fresh directory: a local one, or a new bucket on the test S3 endpoint."""
+    if request.param == "local":
+        return str(tmp_path)
+    return request.getfixturevalue("s3_bucket") + "/runs"
+
+
+def _part(directory: str, name: str, values: list[int]) -> None:
+    write_table(pa.table({"x": pa.array(values, pa.int64())}), join(directory, name))
+
+
+def test_a_published_directory_replaces_the_old_one_whole(root):
+    final = join(root, "embeddings")
+    makedirs(final)
+    _part(final, "part-0.parquet", [1, 2])
+    _part(final, "part-1.parquet", [3])
+    with atomic_path(final) as tmp:
+        makedirs(tmp)
+        _part(tmp, "part-0.parquet", [7, 8, 9])
+        assert read_table(final).column("x").to_pylist() == [1, 2, 3]  # not yet replaced
+    assert parquet_files(final) == [join(final, "part-0.parquet")]  # the old part-1 is gone
+    assert parquet_rows(final) == 3
+    assert read_table(final).column("x").to_pylist() == [7, 8, 9]
+    assert [b.num_rows for b in iter_parquet_batches(final, batch_size=2)] == [2, 1]
+    assert not [p for p in _listing(root) if ".tmp-" in p]
+
+
+def test_a_failed_write_leaves_neither_output_nor_staging(root):
+    final = join(root, "retrieval.parquet")
+    with pytest.raises(RuntimeError), atomic_path(final) as tmp:
+        _part(root, tmp.rsplit("/", 1)[-1], [1])
+        raise RuntimeError("killed")
+    assert not exists(final)
+    assert not [p for p in _listing(root) if ".tmp-" in p]
+
+
+def test_json_files_and_hidden_files(root):
+    write_json(join(root, "manifest.json"), {"stages": {"embed": {"rows": 3}}})
+    assert read_json(join(root, "manifest.json")) == {"stages": {"embed": {"rows": 3}}}
+    table_dir = join(root, "table")
+    makedirs(table_dir)
+    _part(table_dir, "b.parquet", [2])
+    _part(table_dir, "a.parquet", [1])
+    _part(table_dir, "_SUCCESS.parquet", [0])  # hidden to Arrow and Ray Data: not listed
+    _part(table_dir, ".x.parquet", [0])
+    assert parquet_files(table_dir) == [join(table_dir, "a.parquet"), join(table_dir, "b.parquet")]
+    assert is_dir(table_dir) and not is_dir(join(table_dir, "a.parquet"))
+    discard(table_dir)
+    assert not exists(table_dir)
+    discard(table_dir)  # gone already: no error
+
+
+def test_copy_tree_between_local_disk_and_s3(root, tmp_path):
+    local = tmp_path / "source"
+    local.mkdir()
+    _part(str(local), "part-0.parquet", [4, 5])
+    _part(str(local), ".hidden.parquet", [0])
+    target = join(root, "copied")
+    copy_tree(str(local), target)
+    back = str(tmp_path / "back")
+    copy_tree(target, back)
+    assert parquet_files(back) == [join(back, "part-0.parquet")]
+    assert read_table(back).column("x").to_pylist() == [4, 5]
+
+
+def test_a_file_is_moved_into_place(root):
+    final = join(root, "report.md")
+    tmp = temporary_sibling(final)
+    _part(root, tmp.rsplit("/", 1)[-1], [1])
+    publish(tmp, final)
+    assert exists(final) and not exists(tmp)
+
+
+def _listing(root: str) -> list[str]:
+    from rerank_ray.io import resolve
+
+    filesystem, inner = resolve(root)
+    return [i.path for i in filesystem.get_file_info(pafs.FileSelector(inner, recursive=True))]
