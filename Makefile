@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(PY) bench/embed_throughput.py --passages 2000 --queries 20
 	$(PY) bench/rerank_throughput.py --queries 50 --depth 20
 	$(PY) bench/topk.py --corpus 500000 --queries 1000 --k 100
+	$(PY) bench/object_store.py
 
 # Peak memory against corpus size (issue 4): prepare, embedding and retrieval stages, 100k and 1M.
 bench-memory: $(STAMP)

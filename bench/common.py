@@ -1,4 +1,5 @@
-"""Shared helpers of the benchmarks: real MS MARCO text from ../shared, timing, machine facts."""
+"""Shared helpers of the benchmarks (and the tests' S3 endpoint): real MS MARCO text from
+../shared, timing, machine facts."""
 
 from __future__ import annotations
 
@@ -143,3 +144,26 @@ class PeakRss:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+
+
+def start_local_s3():
+    """moto's S3 server in a thread of this process, for ``s3://`` runs without a network.
+
+    Its address and test credentials go into the environment that pyarrow's S3 filesystem
+    reads; start it before Ray, so that Ray's workers inherit them as a cluster's would.
+    Returns ``(endpoint URL, server)``; ``server.stop()`` ends it.
+    """
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_REGION="us-east-1",
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    return endpoint, server

@@ -6,7 +6,7 @@ this machine can hold: for each size N, a synthetic corpus of N passages (about 
 seeded) and a dataset of 1,000 queries whose positives are passages spread over the whole
 corpus (its last row included). ``prepare_data`` runs in a fresh process whose driver and
 Ray worker memory are sampled every 20 ms: the driver streams the corpus into its table,
-then ``check_corpus`` (Ray Data: broadcast join with the positives, hash shuffle by pid)
+then ``check_corpus`` (Ray Data: broadcast join with the positives, sort by pid)
 matches the positives and checks the ids. Every query's qrels are checked against the pid
 its positive was drawn from.
 

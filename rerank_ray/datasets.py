@@ -18,7 +18,7 @@ Two source layouts are understood:
   with ``--dataset`` whose positives are then matched into it by exact text.
 
 A separate corpus table is written as it streams, then checked by :func:`check_corpus`, a
-Ray Data job (broadcast join with the positives or judged pids, hash shuffle by pid), so
+Ray Data job (broadcast join with the positives or judged pids, sort by pid), so
 neither the matching nor the duplicate-id check holds the corpus's ids in the driver.
 
 Example:
@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -59,6 +60,8 @@ from rerank_ray.io import (
     split,
     temporary_sibling,
 )
+
+log = logging.getLogger("rerank_ray")
 
 CORPUS_SCHEMA = pa.schema([("pid", pa.string()), ("text", pa.string())])
 QUERIES_SCHEMA = pa.schema([("qid", pa.string()), ("text", pa.string())])
@@ -127,6 +130,10 @@ class DataConfig:
                 f"--num-queries ({self.num_queries}) exceeds --corpus-rows ({self.corpus_rows}):"
                 " the positives of later queries would not be in the corpus"
             )
+        # Files first, before anything slow starts (Ray, a Hub download): a typo fails at once.
+        for source in (self.dataset, self.corpus, self.queries, self.qrels):
+            if source is not None and _is_file(source):
+                _check_file(source)
 
 
 @dataclass(frozen=True)
@@ -205,11 +212,12 @@ def _check_file(path: str) -> None:
 
 
 def _is_file(source: str) -> bool:
-    """A local path or a URI (``s3://…``), not a Hub dataset name."""
+    """A local path or a URI (``s3://…``), not a Hub dataset name (``namespace-Pt/msmarco``,
+    which has a slash too: a name that is not a local path is the Hub's)."""
     return (
         source.endswith(TABULAR_SUFFIXES)
         or is_uri(source)
-        or os.path.sep in source
+        or source.startswith((".", os.path.sep, "~"))
         or os.path.exists(source)
     )
 
@@ -672,11 +680,13 @@ class CorpusCheck:
     matches: dict[int, list[str]]
 
 
-#: Corpus rows per partition of the hash shuffle by pid (8.8M passages: 9 partitions).
+# The id check of supplied embeddings (rerank_ray.cache.check_ids) aggregates by id with
+# Ray Data's groupby; these size its shuffle (check_corpus sorts instead: see there).
+#: Rows per partition of the hash shuffle by id (8.8M passages: 9 partitions).
 ROWS_PER_PARTITION = 1_000_000
 #: Below this many rows, Ray Data's sort-based shuffle (plain tasks) finishes sooner than its
 #: hash shuffle, which starts aggregator actors (measured here on a 3-row corpus: 0.7–1.0 s
-#: against 1.8–3.3 s); at 1M rows the sort-based one took 152 s against 7 s.
+#: against 1.8–3.3 s); at 1M rows the sort-based groupby took 152 s against 7 s (session 3).
 SMALL_SHUFFLE_ROWS = 50_000
 
 
@@ -699,17 +709,24 @@ def shuffle_for(rows: int) -> Iterator[int]:
 def check_corpus(path: str, rows: int, wanted: list[str], match_on: str) -> CorpusCheck:
     """One distributed pass over a corpus table: its repeated pids, and its wanted rows.
 
-    A broadcast hash join and a hash aggregation on Ray Data. ``wanted`` (the positives'
-    texts or the judged pids: as many as the queries have) goes to every task once through
-    the object store; the corpus streams past as blocks, each reduced to
-    ``(pid, 8-byte digest of the text, index of the wanted value it equals or -1)``; a
-    shuffle by pid (hash-based; sort-based below :data:`SMALL_SHUFFLE_ROWS`) counts the rows
-    and compares the digests of each pid. Only the pids that
-    repeat or are wanted come back, so the driver's memory does not grow with the corpus.
+    A broadcast hash join and a sort on Ray Data. ``wanted`` (the positives' texts or the
+    judged pids: as many as the queries have) goes to every task once through the object
+    store; the corpus streams past as blocks, each reduced to ``(pid, 8-byte digest of the
+    text, index of the wanted value it equals or -1)``; Ray Data sorts these by pid
+    (range-partitioned: each task holds about one block, however large the corpus), and
+    each sorted block keeps only the rows that can matter: wanted ones, those whose pid
+    repeats, and its first and last (their pid may go on in the next block). The driver
+    reads these in pid order and settles one pid at a time, so its memory does not grow
+    with the corpus.
+
+    Why a sort, not a hash aggregation (``groupby().aggregate()``): the aggregation keeps
+    every pid of its partitions in one actor until the end, and there are at most as many
+    actors as CPUs, so on a small cluster that memory grows with the corpus (measured: 1.0
+    GB at 3M passages on 2 CPUs), and on this 2-core machine it took 165 s at 1M passages.
 
     Args:
         path: A Parquet table (file or directory) with ``pid`` and ``text``.
-        rows: Its row count (sizes the shuffle).
+        rows: Its row count (for the log line).
         wanted: Values to find: stripped texts (``match_on="text"``, compared with each
             passage stripped) or pids (``match_on="pid"``).
         match_on: ``"text"`` or ``"pid"``.
@@ -721,45 +738,72 @@ def check_corpus(path: str, rows: int, wanted: list[str], match_on: str) -> Corp
     """
     import ray
 
+    log.info("checking %d corpus rows: repeated pids, %d wanted values", rows, len(wanted))
     wanted_ref = ray.put(pa.array(wanted, pa.string()))
-    with shuffle_for(rows) as partitions:
-        conflicting, repeated, matches = _scan(path, wanted_ref, match_on, partitions)
+    conflicting, repeated, matches = set(), set(), {}
+    group: list[dict] = []
+    for row in _rows_that_matter(path, wanted_ref, match_on):
+        if group and row["pid"] != group[0]["pid"]:
+            _settle(group, conflicting, repeated, matches)
+            group = []
+        group.append(row)
+    if group:
+        _settle(group, conflicting, repeated, matches)
     for pids in matches.values():
         pids.sort()
     return CorpusCheck(conflicting, repeated, matches)
 
 
-def _scan(path: str, wanted_ref, match_on: str, partitions: int):
-    from ray.data.aggregate import Count, Max, Min
-    from ray.data.expressions import col
+def _rows_that_matter(path: str, wanted_ref, match_on: str) -> Iterator[dict]:
+    """``(pid, digest, wanted)`` rows in pid order: see :func:`check_corpus`."""
+    import ray.data
+    from ray.data.context import ShuffleStrategy
 
-    per_pid = (
-        read_dataset(path)
-        .select_columns(["pid", "text"])
-        .map_batches(
-            _digests_and_matches,
-            fn_kwargs={"wanted": [wanted_ref], "match_on": match_on},
-            batch_format="pyarrow",
-            batch_size=WRITE_BATCH_ROWS,  # bounds the Python strings hashed per call
+    context = ray.data.DataContext.get_current().copy()
+    context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    context.execution_options.preserve_order = True  # blocks reach the driver in pid order
+    with ray.data.DataContext.current(context):
+        sorted_rows = (
+            read_dataset(path)
+            .select_columns(["pid", "text"])
+            .map_batches(
+                _digests_and_matches,
+                fn_kwargs={"wanted": [wanted_ref], "match_on": match_on},
+                batch_format="pyarrow",
+                batch_size=WRITE_BATCH_ROWS,  # bounds the Python strings hashed per call
+            )
+            .sort("pid")
+            .map_batches(_rows_of_interest, batch_format="pyarrow", batch_size=None)
         )
-        .groupby("pid", num_partitions=partitions)
-        .aggregate(
-            Count(alias_name="rows"),
-            Min("digest", alias_name="min_digest"),
-            Max("digest", alias_name="max_digest"),
-            Max("wanted", alias_name="wanted"),
-        )
-        .filter(expr=(col("rows") > 1) | (col("wanted") >= 0))
-    )
-    conflicting, repeated, matches = set(), set(), {}
-    for row in per_pid.iter_rows():
-        if row["min_digest"] != row["max_digest"]:
-            conflicting.add(row["pid"])
-        elif row["rows"] > 1:
-            repeated.add(row["pid"])
-        if row["wanted"] >= 0:
-            matches.setdefault(int(row["wanted"]), []).append(row["pid"])
-    return conflicting, repeated, matches
+        yield from sorted_rows.iter_rows()
+
+
+def _rows_of_interest(block: pa.Table) -> pa.Table:
+    """The rows of a pid-sorted block that can matter: wanted ones, those whose pid repeats
+    within the block, and the first and last (their pid may go on in the next block)."""
+    import pyarrow.compute as pc
+
+    count = block.num_rows
+    if count == 0:
+        return block
+    pids = block.column("pid")
+    same_as_next = pc.equal(pids.slice(0, count - 1), pids.slice(1)).to_numpy()
+    keep = block.column("wanted").to_numpy() >= 0
+    keep[:-1] |= same_as_next
+    keep[1:] |= same_as_next
+    keep[[0, -1]] = True
+    return block.filter(pa.array(keep))
+
+
+def _settle(group: list[dict], conflicting: set, repeated: set, matches: dict) -> None:
+    """File one pid's rows (all of them, or only the edge row of a block) under what they show."""
+    pid = group[0]["pid"]
+    if len({row["digest"] for row in group}) > 1:
+        conflicting.add(pid)
+    elif len(group) > 1:
+        repeated.add(pid)
+    for index in sorted({int(row["wanted"]) for row in group if row["wanted"] >= 0}):
+        matches.setdefault(index, []).append(pid)
 
 
 def _digests_and_matches(block: pa.Table, wanted: list, match_on: str) -> pa.Table:

@@ -208,6 +208,7 @@ class Pipeline:
         A separate corpus table is checked on Ray Data (ids, positives): see
         :func:`rerank_ray.datasets.check_corpus`.
         """
+        self.config.data.validate()  # sources checked before Ray starts
         if self.config.data.corpus is not None:
             connect_ray(self.config.compute.address)
 

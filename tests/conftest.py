@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -35,24 +36,12 @@ def minilm_path() -> str:
 
 @pytest.fixture(scope="session")
 def s3_endpoint() -> str:
-    """A local S3 endpoint (moto's server, in a thread of this process) for ``s3://`` runs.
+    """A local S3 endpoint (moto's server, in a thread of this process) for ``s3://`` runs,
+    in the environment before Ray starts: see ``start_local_s3`` in ``bench/common.py``."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from common import start_local_s3
 
-    Its address and test credentials go into the environment that pyarrow's S3 filesystem
-    reads, before Ray starts, so that Ray's workers inherit them as a cluster's would.
-    """
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    os.environ.update(
-        AWS_ENDPOINT_URL=endpoint,
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AWS_REGION="us-east-1",
-        AWS_EC2_METADATA_DISABLED="true",
-    )
+    endpoint, server = start_local_s3()
     yield endpoint
     server.stop()
 

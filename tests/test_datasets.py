@@ -63,6 +63,27 @@ def test_namespace_pt_schema_in_each_local_format(tmp_path, fmt):
     assert pq.read_schema(prepared.qrels_path).field("relevance").type == pa.int32()
 
 
+def test_a_hub_name_is_streamed_from_the_hub(tmp_path, monkeypatch):
+    """``namespace-Pt/msmarco`` (a slash, no such local path) goes to ``datasets``, streamed
+    with the split asked for, and gives the tables a local file with the same rows gives."""
+    import datasets as hf_datasets
+
+    calls = []
+
+    def load_dataset(name, split, streaming):
+        calls.append((name, split, streaming))
+        return iter(ROWS)
+
+    monkeypatch.setattr(hf_datasets, "load_dataset", load_dataset)
+    config = DataConfig(dataset="namespace-Pt/msmarco", corpus_rows=3, num_queries=2)
+    from_hub = prepare_data(config, tmp_path / "hub")
+    assert calls == [("namespace-Pt/msmarco", "dev", True)]
+    local = DataConfig(
+        dataset=_write_jsonl(tmp_path / "dev.jsonl", ROWS), corpus_rows=3, num_queries=2
+    )
+    assert _tables(from_hub) == _tables(prepare_data(local, tmp_path / "local"))
+
+
 def test_default_queries_are_the_corpus_rows(tmp_path):
     source = _write_jsonl(tmp_path / "dev.jsonl", ROWS)
     prepared = prepare_data(DataConfig(dataset=source), tmp_path / "out")
@@ -135,11 +156,9 @@ def test_exact_duplicate_rows_leave_the_same_table_as_no_duplicates(tmp_path):
     assert _tables(repeated) == _tables(clean)
 
 
-def test_check_corpus_equals_a_brute_force_scan_across_blocks_and_partitions(tmp_path, monkeypatch):
-    # 3,000 rows in 10 files, shuffled into 6 partitions: repeats, conflicts and matches
-    # must not depend on which block or partition a row lands in. Both shuffles are checked.
-    monkeypatch.setattr(datasets, "ROWS_PER_PARTITION", 500)
-    monkeypatch.setattr(datasets, "SMALL_SHUFFLE_ROWS", 2000)  # the hash shuffle for 3,000
+def test_check_corpus_equals_a_brute_force_scan_across_blocks(tmp_path):
+    # 3,000 rows in 10 files, sorted into 10 blocks: repeats, conflicts and matches must not
+    # depend on which block a row lands in.
     rows = [(f"p{i % 2900}", f"text {i % 2900}") for i in range(3000)]  # 100 exact repeats
     rows[2950] = ("p50", "another text")  # p50 conflicts
     rows[10] = ("p10", "  text 7 ")  # p10's text is text 7 once stripped
@@ -167,9 +186,25 @@ def test_check_corpus_equals_a_brute_force_scan_across_blocks_and_partitions(tmp
     assert check.matches == {i: pids for i, pids in expected.items() if pids}
     assert check.matches == {0: ["p10", "p7"], 1: ["p2899"]}
 
-    by_pid = check_corpus(str(folder), 1000, ["p5", "p2899", "nope"], "pid")  # sort shuffle
+    by_pid = check_corpus(str(folder), len(rows), ["p5", "p2899", "nope"], "pid")
     assert by_pid.matches == {0: ["p5"], 1: ["p2899"]}
     assert by_pid.conflicting == check.conflicting and by_pid.repeated == check.repeated
+
+
+def test_a_pid_that_goes_on_in_the_next_sorted_block_is_still_seen_twice():
+    # Sorted blocks may split a run of one pid; each block keeps its first and last rows.
+    first = pa.table({"pid": ["a", "b", "c"], "digest": [1, 2, 3], "wanted": [-1, -1, -1]})
+    second = pa.table(
+        {"pid": ["c", "d", "e", "e"], "digest": [3, 4, 5, 6], "wanted": [-1, 0, -1, -1]}
+    )
+    kept = [datasets._rows_of_interest(block).to_pylist() for block in (first, second)]
+    assert [r["pid"] for r in kept[0]] == ["a", "c"]  # the edges
+    assert [r["pid"] for r in kept[1]] == ["c", "d", "e", "e"]  # edge, wanted, a run
+    conflicting, repeated, matches = set(), set(), {}
+    for pid in "acde":
+        group = [r for block in kept for r in block if r["pid"] == pid]
+        datasets._settle(group, conflicting, repeated, matches)
+    assert (conflicting, repeated, matches) == ({"e"}, {"c"}, {0: ["d"]})
 
 
 def test_a_positive_shared_by_two_passages_makes_both_relevant(tmp_path):
@@ -249,6 +284,38 @@ BAD_TSV = [
 ]
 
 
+def test_tsv_layout_and_tables_on_s3(tmp_path, s3_bucket):
+    """Sources and tables on S3: the same tables as on a local disk; a conflicting pid is
+    named by its URI and line, and leaves no table there."""
+    from rerank_ray.io import exists, join, parquet_files, read_table, write_bytes
+
+    files = {
+        "collection.tsv": "1\ta\n2\tb\n1\ta\n3\tc\n2\tb\n",
+        "queries.tsv": "10\tq\n",
+        "qrels.tsv": "10 0 2 1\n",
+    }
+    for name, text in files.items():
+        write_bytes(join(s3_bucket, "src", name), text.encode())
+    remote = DataConfig(
+        corpus=join(s3_bucket, "src", "collection.tsv"),
+        queries=join(s3_bucket, "src", "queries.tsv"),
+        qrels=join(s3_bucket, "src", "qrels.tsv"),
+    )
+    on_s3 = prepare_data(remote, join(s3_bucket, "out"))
+    (tmp_path / "local").mkdir()
+    local = prepare_data(_tsv_files(tmp_path / "local", *files.values()), tmp_path / "out")
+    assert on_s3.corpus_path.startswith("s3://") and parquet_files(on_s3.corpus_path)
+    assert on_s3.corpus_hash == local.corpus_hash
+    for name in ("corpus_path", "queries_path", "qrels_path"):
+        assert read_table(getattr(on_s3, name)).equals(pq.read_table(getattr(local, name)))
+
+    write_bytes(join(s3_bucket, "src", "collection.tsv"), b"1\ta\n1\tother\n2\tb\n")
+    with pytest.raises(DataError, match=r"s3://.*/src/collection.tsv, line 2: pid 1 appears twice"):
+        prepare_data(remote, join(s3_bucket, "bad"))
+    assert not exists(join(s3_bucket, "bad", "corpus.parquet"))
+    assert not exists(join(s3_bucket, "bad", "queries.parquet"))
+
+
 @pytest.mark.parametrize("collection,queries,qrels,message", BAD_TSV)
 def test_bad_tsv_input_names_file_and_line_and_leaves_no_table(
     tmp_path, collection, queries, qrels, message
@@ -259,7 +326,8 @@ def test_bad_tsv_input_names_file_and_line_and_leaves_no_table(
         prepare_data(config, out)
     assert message in str(error.value)
     assert "\n" not in str(error.value)
-    assert not list(out.glob("*.parquet")) and not [p for p in os.listdir(out) if p.startswith(".")]
+    left = os.listdir(out) if out.exists() else []  # bad files fail before out is made
+    assert not [name for name in left if name.endswith(".parquet") or name.startswith(".")]
 
 
 @pytest.mark.parametrize(

@@ -339,42 +339,41 @@ def test_embed_actor_writes_float16_when_asked(minilm_path):
 
 
 def test_tokenizing_upstream_gives_the_same_vectors(ray_session, msmarco, tmp_path):
-    """The GPU layout (tokenize in CPU tasks, model in actors) equals the one-actor layout."""
+    """The GPU layout (tokenize in CPU tasks, model in actors) equals the model tokenizing
+    its own texts in this process (what a one-actor pool runs), counts included."""
     from rerank_ray.embed import _tokenized, embed_tables
-    from rerank_ray.models import resolve_model_path
+    from rerank_ray.models import Embedder, resolve_model_path
 
     rows = [json.loads(line) for line in (msmarco / "dev.jsonl").open().readlines()[:24]]
     options = EmbedderOptions(query_instruction="query: ", passage_max_length=32)
     options = options.resolved(resolve_model_path("minilm"))
-    tables = {}
-    for role, texts in (
-        ("corpus", [r["positive"][0] for r in rows]),
-        ("queries", [r["query"] for r in rows]),
-    ):
+    texts = {"corpus": [r["positive"][0] for r in rows], "queries": [r["query"] for r in rows]}
+    outputs = {}
+    for role, role_texts in texts.items():
         column = "pid" if role == "corpus" else "qid"
         path = tmp_path / f"{role}.parquet"
-        pq.write_table(pa.table({column: [f"{i:02d}" for i in range(24)], "text": texts}), path)
-        tables[role] = str(path)
-    results = {}
-    for upstream in (False, True):
-        outputs = {
-            role: (path, str(tmp_path / f"{role}-{upstream}")) for role, path in tables.items()
-        }
-        stats = embed_tables(
-            outputs, "minilm", options, rows_per_call=10, tokenize_upstream=upstream
+        pq.write_table(
+            pa.table({column: [f"{i:02d}" for i in range(24)], "text": role_texts}), path
         )
-        assert stats["corpus"].resources["tokenized_upstream"] is upstream
-        assert stats["corpus"].counts["truncated"] > 0  # 32 tokens cut some passages
-        results[upstream] = {
-            role: read_embeddings(out, "pid" if role == "corpus" else "qid")
-            for role, (_, out) in outputs.items()
-        }
-        results[upstream]["counts"] = {role: s.counts for role, s in stats.items()}
-    assert results[True]["counts"] == results[False]["counts"]
-    for role in tables:
-        for key, vector in results[False][role].items():
-            np.testing.assert_allclose(results[True][role][key], vector, atol=1e-6)
-    # The instruction reaches the queries on both paths.
+        outputs[role] = (str(path), str(tmp_path / f"{role}-vectors"))
+    stats = embed_tables(outputs, "minilm", options, rows_per_call=10, tokenize_upstream=True)
+    assert stats["corpus"].resources["tokenized_upstream"] is True
+
+    embedder = Embedder("minilm", options, device="cpu")
+    for role, encode in (("corpus", embedder.encode_corpus), ("queries", embedder.encode_queries)):
+        embedder.stats.rows = embedder.stats.truncated = embedder.stats.tokens = 0
+        expected = encode(texts[role])
+        counts = stats[role].counts
+        assert (counts["rows"], counts["truncated"], counts["tokens"]) == (
+            embedder.stats.rows,
+            embedder.stats.truncated,
+            embedder.stats.tokens,
+        ), role
+        ours = read_embeddings(outputs[role][1], "pid" if role == "corpus" else "qid")
+        vectors = np.stack([ours[f"{i:02d}"] for i in range(24)])
+        np.testing.assert_allclose(vectors, expected, atol=1e-5)
+    assert stats["corpus"].counts["truncated"] > 0  # 32 tokens cut some passages
+    # The instruction reaches the queries when tokenized upstream too.
     batch = pa.table({"id": ["a"], "text": ["cat"], "role": ["queries"]})
     assert _tokenized(batch, "minilm", options)["input_ids"].to_pylist()[0][:3] == [
         101,
@@ -469,6 +468,7 @@ def test_cli_run_on_official_tsv_layout(ray_session, msmarco, tmp_path, capsys):
 
 
 def test_cli_user_error_is_one_line_without_traceback(tmp_path):
+    (tmp_path / "collection.tsv").write_text("1\tp\n")  # the queries are missing
     completed = subprocess.run(
         [
             sys.executable, "-m", "rerank_ray.cli", "run",

@@ -23,7 +23,7 @@ from rerank_ray.datasets import DataConfig
 from rerank_ray.embed import embed_table, embedding_matrix
 from rerank_ray.errors import DataError
 from rerank_ray.models import EmbedderOptions
-from rerank_ray.pipeline import Pipeline, run_pipeline
+from rerank_ray.pipeline import run_pipeline
 from rerank_ray.rerank import RerankOptions
 
 
@@ -60,22 +60,31 @@ def first_run(ray_session, msmarco, tmp_path_factory):
     return out, cache, metrics
 
 
-def test_a_second_run_reuses_embeddings_without_loading_the_model(
-    first_run, msmarco, tmp_path, monkeypatch
-):
-    out, cache, metrics = first_run
-    assert _manifest(out)["stages"]["embed"]["reused"] is False
+#: The reranker of the runs below that rerank: every retrieved candidate (20 per query).
+RERANK = RerankOptions(model="minilm-smoke", max_length=64)
+
+
+@pytest.fixture(scope="module")
+def reranked_run(first_run, msmarco, tmp_path_factory):
+    """The first run's options with a reranker, in a new directory with the same cache: the
+    embedding model must not load (the test below checks what was reused)."""
+    _, cache, _ = first_run
 
     def no_model(*args, **kwargs):
         raise AssertionError("the embedding model was loaded")
 
-    monkeypatch.setattr("rerank_ray.embed.embed_tables", no_model)
-    monkeypatch.setattr("rerank_ray.models.Embedder.__init__", no_model)
-    second = tmp_path / "second"
-    config = _config(
-        msmarco, second, cache, rerank=RerankOptions(model="minilm-smoke", top_k=5, max_length=64)
-    )
-    again = run_pipeline(config)
+    out = tmp_path_factory.mktemp("reranked")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("rerank_ray.embed.embed_tables", no_model)
+        patch.setattr("rerank_ray.models.Embedder.__init__", no_model)
+        metrics = run_pipeline(_config(msmarco, out, cache, rerank=RERANK))
+    return out, metrics
+
+
+def test_a_second_run_reuses_embeddings_without_loading_the_model(first_run, reranked_run):
+    out, cache, metrics = first_run
+    second, again = reranked_run
+    assert _manifest(out)["stages"]["embed"]["reused"] is False
     embed = _manifest(second)["stages"]["embed"]
     assert embed["reused"] is True
     assert embed["corpus"]["source"] == str(cache / "embeddings" / embed["corpus"]["cache_key"])
@@ -86,20 +95,13 @@ def test_a_second_run_reuses_embeddings_without_loading_the_model(
         assert ids_a.tolist() == ids_b.tolist() and np.array_equal(a, b)
 
 
-def test_changing_the_key_recomputes_and_no_cache_neither_reads_nor_writes(
-    first_run, msmarco, tmp_path
-):
+def test_changing_the_key_recomputes(first_run, msmarco, tmp_path):
     _, cache, _ = first_run
     shorter = tmp_path / "shorter"
     run_pipeline(_config(msmarco, shorter, cache, embedding=EmbedderOptions(passage_max_length=32)))
     embed = _manifest(shorter)["stages"]["embed"]
     assert embed["corpus"]["reused"] is False  # another max length: other vectors
     assert embed["queries"]["reused"] is True  # queries' options did not change
-    entries = len(os.listdir(cache / "embeddings"))
-    uncached = tmp_path / "uncached"
-    run_pipeline(_config(msmarco, uncached, cache, use_cache=False))
-    assert _manifest(uncached)["stages"]["embed"]["reused"] is False
-    assert len(os.listdir(cache / "embeddings")) == entries
 
 
 def _write_vectors(path, id_column, ids, vectors, as_list=True):
@@ -211,7 +213,7 @@ def _cli_run(msmarco, out, cache) -> list[str]:
     ]  # fmt: skip
 
 
-def test_a_killed_run_resumes_with_the_same_metrics(first_run, msmarco, tmp_path):
+def test_a_killed_run_resumes_with_the_same_metrics(first_run, reranked_run, msmarco, tmp_path):
     _, cache, _ = first_run
     out = tmp_path / "killed"
     command = _cli_run(msmarco, out, cache)
@@ -242,9 +244,7 @@ def test_a_killed_run_resumes_with_the_same_metrics(first_run, msmarco, tmp_path
         assert _manifest(out)["stages"][stage] == stages_before[stage]
     assert "stage rerank: started" in resumed.stderr
 
-    undisturbed = tmp_path / "undisturbed"  # the same options, in-process, never interrupted
-    rerank = RerankOptions(model="minilm-smoke", max_length=64)
-    run_pipeline(_config(msmarco, undisturbed, cache, rerank=rerank))
+    undisturbed, _ = reranked_run  # the same options, in-process, never interrupted
     assert json.loads((out / "metrics.json").read_text()) == json.loads(
         (undisturbed / "metrics.json").read_text()
     )
@@ -301,66 +301,58 @@ def test_an_embedding_actor_killed_mid_run_loses_and_duplicates_nothing(
 
 
 def test_a_reranking_actor_killed_mid_run_loses_and_duplicates_nothing(
-    ray_session, first_run, tmp_path
+    ray_session, reranked_run, tmp_path
 ):
     from rerank_ray.rerank import rerank_candidates
 
-    out, _, _ = first_run
+    out, _ = reranked_run
     paths = [
         str(out / "retrieval.parquet"),
         str(out / "data" / "corpus.parquet"),
         str(out / "data" / "queries.parquet"),
     ]
-    options = RerankOptions(model="minilm-smoke", top_k=10, max_length=64)
-    rerank_candidates(*paths, str(tmp_path / "calm.parquet"), options, rows_per_call=16)
     written = lambda: list(tmp_path.glob(".disturbed.parquet.tmp-*/*.parquet"))  # noqa: E731
     with killing_an_actor("RerankActor", written):
         stats = rerank_candidates(
-            *paths, str(tmp_path / "disturbed.parquet"), options, rows_per_call=16
+            *paths, str(tmp_path / "disturbed.parquet"), RERANK, rows_per_call=16
         )
-    calm = pq.read_table(tmp_path / "calm.parquet")
+    calm = pq.read_table(out / "rerank.parquet")
     disturbed = pq.read_table(tmp_path / "disturbed.parquet")
-    assert stats.rows == disturbed.num_rows == calm.num_rows == 12 * 10
+    assert stats.rows == disturbed.num_rows == calm.num_rows == 12 * 20
     assert disturbed.select(["qid", "pid", "rank"]).equals(calm.select(["qid", "pid", "rank"]))
     assert np.allclose(disturbed["score"].to_numpy(), calm["score"].to_numpy(), atol=1e-5)
 
 
-def test_whitespace_only_text_is_kept_and_embedded(ray_session, tmp_path):
-    rows = [
-        {"query": "what is ray data", "positive": ["Ray Data streams blocks through actors."]},
-        {"query": "empty passage", "positive": ["   "]},
-        {"query": "a very long passage", "positive": ["tokens " * 3000]},
-    ]
-    source = tmp_path / "odd.jsonl"
-    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    config = RunConfig(
-        out=str(tmp_path / "run"),
-        data=DataConfig(dataset=str(source)),
-        embedder="minilm",
-        top_k=10,  # more than the corpus of 2
-        rerank=RerankOptions(model="none"),
-        use_cache=False,
-    )
-    metrics = Pipeline(config).run_all()["retrieval"]
-    ids, vectors = _vectors(tmp_path / "run" / "embeddings" / "corpus", "pid")
-    assert len(ids) == 3 and np.isfinite(vectors).all()
-    assert pq.read_table(tmp_path / "run" / "retrieval.parquet").num_rows == 3 * 3  # k > corpus
-    assert metrics["recall@10"] == 1.0
-    counts = _manifest(tmp_path / "run")["stages"]["embed"]["corpus"]["counts"]
-    assert counts["rows"] == 3 and counts["truncated"] == 1  # the long passage, cut at 256
-
-
-def test_queries_without_relevant_passages_are_excluded_and_counted(ray_session, msmarco, tmp_path):
-    collection = tmp_path / "collection.tsv"
-    collection.write_text("1\tRay is a framework for scaling Python.\n2\tPandas are bears.\n")
-    queries = tmp_path / "queries.tsv"
-    queries.write_text("10\twhat is ray\n11\twhat is a panda\n12\tunjudged query\n")
-    qrels = tmp_path / "qrels.tsv"
-    qrels.write_text("10 0 1 1\n11 0 2 0\n")
+def test_odd_input_in_one_uncached_run(first_run, tmp_path):
+    """Whitespace-only and over-long passages are kept and embedded (the long one truncated,
+    and counted); queries without a relevant passage are left out of the averages, and
+    counted; k above the corpus size returns the whole corpus; ``--no-cache`` neither reads
+    nor writes the cache."""
+    _, cache, _ = first_run
+    entries = len(os.listdir(cache / "embeddings"))
+    files = {
+        "collection": "1\tRay is a framework for scaling Python.\n2\tPandas are bears.\n"
+        "3\t   \n4\t" + "tokens " * 3000 + "\n",
+        "queries": "10\twhat is ray\n11\twhat is a panda\n12\tunjudged query\n13\tempty\n",
+        "qrels": "10 0 1 1\n11 0 2 0\n13 0 3 1\n",  # 11: judged, but nothing relevant
+    }
+    for name, text in files.items():
+        (tmp_path / f"{name}.tsv").write_text(text)
     out = tmp_path / "run"
-    args = ["run", "--corpus", str(collection), "--queries", str(queries), "--qrels", str(qrels),
-            "--embedder", "minilm", "--reranker", "none", "--no-cache", "--out", str(out), "-q"]  # fmt: skip
+    args = ["run", "--corpus", str(tmp_path / "collection.tsv"),
+            "--queries", str(tmp_path / "queries.tsv"), "--qrels", str(tmp_path / "qrels.tsv"),
+            "--embedder", "minilm", "--reranker", "none", "--top-k", "10",
+            "--no-cache", "--cache-dir", str(cache), "--out", str(out), "-q"]  # fmt: skip
     assert main(args) == 0
-    evaluation = _manifest(out)["stages"]["evaluate"]
-    assert evaluation["evaluated_queries"] == 1 and evaluation["queries_without_relevant"] == 2
+    ids, vectors = _vectors(out / "embeddings" / "corpus", "pid")
+    assert ids.tolist() == ["1", "2", "3", "4"] and np.isfinite(vectors).all()
+    assert pq.read_table(out / "retrieval.parquet").num_rows == 4 * 4  # k > corpus
+    manifest = _manifest(out)
+    assert manifest["stages"]["embed"]["reused"] is False
+    counts = manifest["stages"]["embed"]["corpus"]["counts"]
+    assert counts["rows"] == 4 and counts["truncated"] == 1  # the long passage, cut at 256
+    evaluation = manifest["stages"]["evaluate"]
+    assert evaluation["evaluated_queries"] == 2 and evaluation["queries_without_relevant"] == 2
+    assert json.loads((out / "metrics.json").read_text())["retrieval"]["recall@10"] == 1.0
     assert "2 without any were excluded" in (out / "report.md").read_text()
+    assert len(os.listdir(cache / "embeddings")) == entries
