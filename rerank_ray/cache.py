@@ -75,7 +75,9 @@ def role_options(options, role: str) -> dict:
 class EmbeddingCache:
     """Embedding directories under ``root/embeddings/<key>/``, each published atomically.
 
-    ``root`` is a local directory or a URI (a cache on object storage that a cluster shares).
+    ``root`` is a local directory (the driver's disk: ``--cache-dir`` also holds built
+    models). Entries are copied in from, and out to, run directories on any filesystem of
+    :mod:`rerank_ray.io`, object stores included.
     """
 
     def __init__(self, root: str):

@@ -722,7 +722,8 @@ def check_corpus(path: str, rows: int, wanted: list[str], match_on: str) -> Corp
     Why a sort, not a hash aggregation (``groupby().aggregate()``): the aggregation keeps
     every pid of its partitions in one actor until the end, and there are at most as many
     actors as CPUs, so on a small cluster that memory grows with the corpus (measured: 1.0
-    GB at 3M passages on 2 CPUs), and on this 2-core machine it took 165 s at 1M passages.
+    GB at 3M passages on 2 CPUs), and on this 2-core machine it took 165-186 s at 1M
+    passages where the sort takes 13 s.
 
     Args:
         path: A Parquet table (file or directory) with ``pid`` and ``text``.
