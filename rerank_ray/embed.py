@@ -438,9 +438,11 @@ def embed_tables(
     )
     temporary = {role: temporary_sibling(out) for role, (_, out) in tables.items()}
     try:
-        vectors.write_datasink(_role_files(temporary))
+        # Made once here, not per block in the write tasks (on an object store each call is
+        # a request); a role with no rows still gets its directory.
         for directory in temporary.values():
-            makedirs(directory)  # a role with no rows still gets its directory
+            makedirs(directory)
+        vectors.write_datasink(_role_files(temporary))
         rows = {role: parquet_rows(directory) for role, directory in temporary.items()}
     except BaseException:
         for directory in temporary.values():
@@ -515,7 +517,6 @@ def _write_role_files(blocks, task_index: int, directories: dict[str, str]) -> d
     for index, block in enumerate(blocks):
         for role, rows in by_role(BlockAccessor.for_block(block).to_arrow()):
             out = pa.table({ID_COLUMN[role]: rows.column("id"), "embedding": rows["embedding"]})
-            makedirs(directories[role])
             name = f"part-{task_index:06d}-{index:04d}.parquet"
             write_table(out, join(directories[role], name))
             counts[role] = counts.get(role, 0) + out.num_rows
