@@ -10,6 +10,12 @@ then ``check_corpus`` (Ray Data: broadcast join with the positives, sort by pid)
 matches the positives and checks the ids. Every query's qrels are checked against the pid
 its positive was drawn from.
 
+Then, measured apart in the same process, the import of precomputed embeddings for that
+corpus (``--corpus-embeddings``: seeded random 32-dimensional vectors, one per passage, in
+files of 100,000): ``import_embeddings`` streams and checks them, and ``check_ids`` (Ray
+Data: sort by id) compares their ids with the corpus's. One vector is left out on purpose,
+and the import must fail naming it; a second import with every vector must pass.
+
 Usage:
     python bench/prepare_memory.py --passages 100000 1000000
 """
@@ -35,8 +41,13 @@ from common import WORDS, PeakRss, machine  # noqa: E402
 QUERIES = 1000
 
 
+DIMENSION = 32
+
+
 def synthetic_layout(directory: str, rows: int, chunk: int = 100_000) -> dict[str, str]:
-    """Write ``corpus.parquet`` (id, content) and ``dev.jsonl``; return {qid: expected pid}.
+    """Write ``corpus.parquet`` (id, content), ``dev.jsonl`` and ``vectors/`` (pid,
+    embedding; all but ``doc0`` in ``vectors/part-*``, that one in ``vectors-last/``);
+    return {qid: expected pid}.
 
     Written chunk by chunk: this process never holds the corpus either.
     """
@@ -45,9 +56,15 @@ def synthetic_layout(directory: str, rows: int, chunk: int = 100_000) -> dict[st
     positives = set(np.linspace(0, rows - 1, QUERIES).astype(int).tolist())
     texts_of_positives: dict[int, str] = {}
     schema = pa.schema([("id", pa.string()), ("content", pa.string())])
+    vectors = os.path.join(directory, "vectors")
+    os.makedirs(vectors)
+    vector_rng = np.random.default_rng([rows, 1])  # apart: the texts stay as they were
     with pq.ParquetWriter(os.path.join(directory, "corpus.parquet"), schema) as out:
         for start in range(0, rows, chunk):
             count = min(chunk, rows - start)
+            write_vectors(
+                os.path.join(vectors, f"part-{start:09d}.parquet"), vector_rng, start, count
+            )
             picks = words[rng.integers(0, len(words), size=(count, 16))]
             # the row number makes each text unique (16 words of 23 could repeat)
             texts = [f"{start + i} " + " ".join(row) for i, row in enumerate(picks)]
@@ -69,6 +86,49 @@ def synthetic_layout(directory: str, rows: int, chunk: int = 100_000) -> dict[st
     return expected
 
 
+def write_vectors(path: str, rng: np.random.Generator, start: int, count: int) -> None:
+    """Random unit vectors for ``doc{start}`` … (``doc0`` goes to ``vectors-last/``)."""
+    first = max(start, 1)
+    matrix = rng.standard_normal((start + count - first, DIMENSION)).astype(np.float32)
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    embedding = pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), DIMENSION)
+    pids = [f"doc{i}" for i in range(first, start + count)]
+    pq.write_table(pa.table({"pid": pids, "embedding": embedding}), path)
+    if start == 0:
+        last = os.path.join(os.path.dirname(os.path.dirname(path)), "vectors-last")
+        os.makedirs(last)
+        vector = pa.FixedSizeListArray.from_arrays(pa.array(matrix[0]), DIMENSION)
+        pq.write_table(
+            pa.table({"pid": ["doc0"], "embedding": vector}), os.path.join(last, "part.parquet")
+        )
+
+
+def import_vectors(directory: str, corpus_path: str) -> dict:
+    """Import the vectors without ``doc0`` (must fail, naming it), then all of them."""
+    import shutil
+
+    from rerank_ray.cache import import_embeddings
+    from rerank_ray.errors import DataError
+
+    vectors = os.path.join(directory, "vectors")
+    target = os.path.join(directory, "out", "embeddings")
+    try:
+        import_embeddings(vectors, corpus_path, "pid", target)
+        raise AssertionError("the import of vectors without doc0 passed")
+    except DataError as error:
+        assert "1 pids" in str(error) and "doc0" in str(error), error
+    assert not os.path.exists(target)
+    shutil.move(
+        os.path.join(directory, "vectors-last", "part.parquet"),
+        os.path.join(vectors, "part-last.parquet"),
+    )
+    with PeakRss() as peaks:
+        started = time.perf_counter()
+        rows = import_embeddings(vectors, corpus_path, "pid", target)
+        seconds = time.perf_counter() - started
+    return {"seconds": seconds, "rows": rows, **peaks.to_dict()}
+
+
 def stage_only(directory: str) -> None:
     """Run the prepare stage alone in this (fresh) process; print time, counts and peaks."""
     import ray
@@ -84,6 +144,7 @@ def stage_only(directory: str) -> None:
         started = time.perf_counter()
         prepared = prepare_data(config, os.path.join(directory, "out"))
         seconds = time.perf_counter() - started
+    supplied = import_vectors(directory, prepared.corpus_path)
     ray.shutdown()
     qrels = read_qrels(prepared.qrels_path)
     print(
@@ -92,6 +153,7 @@ def stage_only(directory: str) -> None:
                 "seconds": seconds,
                 "corpus_rows": prepared.num_corpus,
                 "qrels": {qid: sorted(pids) for qid, pids in qrels.items()},
+                "supplied": supplied,
                 **peaks.to_dict(),
             }
         )
@@ -117,11 +179,17 @@ def main() -> None:
             )  # fmt: skip
         result = json.loads(child.stdout.strip().splitlines()[-1])
         assert result["corpus_rows"] == rows
+        supplied = result["supplied"]
+        assert supplied["rows"] == rows
         assert result["qrels"] == {qid: [pid] for qid, pid in expected.items()}
         print(
             f"passages {rows}: prepare stage {result['seconds']:.1f} s"
             f" ({rows / result['seconds']:.0f}/s); {PeakRss.describe(result)};"
             f" {len(expected)} queries, each positive matched to the passage it was drawn from"
+        )
+        print(
+            f"passages {rows}: import of {rows} precomputed vectors {supplied['seconds']:.1f} s;"
+            f" {PeakRss.describe(supplied)}; one vector left out was named, the full set passed"
         )
 
 

@@ -31,7 +31,6 @@ from rerank_ray.io import (
     join,
     makedirs,
     parquet_files,
-    parquet_rows,
     parquet_schema,
     parquet_writer,
     read_dataset,
@@ -244,55 +243,50 @@ ID_PROBLEM_SAMPLE = 1000
 
 
 def check_ids(table_path: str, supplied_path: str, id_column: str) -> IdProblems:
-    """Compare the ids of supplied vectors with a table's, on Ray Data (hash shuffle by id).
+    """Compare the ids of supplied vectors with a table's, on Ray Data (a sort by id).
 
-    Both tables' ids stream into a shuffle that counts, per id, its rows in the table and
-    among the supplied vectors; only the ids where these are not 1 and 1 come back, at most
-    :data:`ID_PROBLEM_SAMPLE` of each kind, with the count of missing ones.
+    Both tables' ids stream into Ray Data's sort as ``(id, in_table, supplied)`` rows; each
+    sorted block is reduced to its ids whose counts are not 1 and 1 (and its edge ids, which
+    may go on in the next block), and the driver reads these in id order, one id at a time.
+    It keeps at most :data:`ID_PROBLEM_SAMPLE` bad ids of each kind and the count of missing
+    ones, so its memory does not grow with the table (see
+    :func:`rerank_ray.datasets.iter_sorted_groups`).
 
     Example:
         >>> check_ids("data/corpus.parquet", "mine/", "pid").missing  # doctest: +SKIP
         0
     """
-    import ray.data
-    from ray.data.aggregate import Sum
-    from ray.data.expressions import col
+    from rerank_ray.datasets import iter_sorted_groups
 
-    from rerank_ray.datasets import shuffle_for
-
-    def ids(path: str, in_table: int) -> ray.data.Dataset:
+    def ids(path: str, in_table: int):
         return (
             read_dataset(path)
             .select_columns([id_column])
             .map_batches(_tagged_ids, fn_kwargs={"in_table": in_table}, batch_format="pyarrow")
         )
 
-    rows = parquet_rows(supplied_path)
-    with shuffle_for(rows) as partitions:
-        problems = (
-            ids(table_path, 1)
-            .union(ids(supplied_path, 0))
-            .groupby("id", num_partitions=partitions)
-            .aggregate(
-                Sum("in_table", alias_name="in_table"), Sum("supplied", alias_name="supplied")
-            )
-            .filter(expr=(col("in_table") != 1) | (col("supplied") != 1))
-            .materialize()
-        )
-    unknown = problems.filter(expr=col("in_table") == 0).limit(ID_PROBLEM_SAMPLE)
-    repeated = problems.filter(expr=col("supplied") > 1).limit(ID_PROBLEM_SAMPLE)
-    missing = problems.filter(expr=(col("in_table") == 1) & (col("supplied") == 0)).materialize()
-    example = missing.take(1)
-    return IdProblems(
-        unknown={row["id"] for row in unknown.iter_rows()},
-        repeated={row["id"] for row in repeated.iter_rows()},
-        missing=missing.count(),
-        missing_example=example[0]["id"] if example else None,
-    )
+    def both():
+        return ids(table_path, 1).union(ids(supplied_path, 0))
+
+    unknown: set[str] = set()
+    repeated: set[str] = set()
+    missing, missing_example = 0, None
+    for group in iter_sorted_groups(both, "id", _id_counts_of_interest):
+        identifier = group[0]["id"]
+        in_table = sum(row["in_table"] for row in group)
+        supplied = sum(row["supplied"] for row in group)
+        if in_table == 0 and len(unknown) < ID_PROBLEM_SAMPLE:
+            unknown.add(identifier)
+        if supplied > 1 and len(repeated) < ID_PROBLEM_SAMPLE:
+            repeated.add(identifier)
+        if in_table and not supplied:
+            missing += 1
+            missing_example = missing_example or identifier
+    return IdProblems(unknown, repeated, missing, missing_example)
 
 
 def _tagged_ids(batch: pa.Table, in_table: int) -> pa.Table:
-    """``(id, in_table, supplied)``: one row per id, counted by the shuffle."""
+    """``(id, in_table, supplied)``: one row per id, counted after the sort."""
     ones = pa.array(np.ones(batch.num_rows, dtype=np.int64))
     zeros = pa.array(np.zeros(batch.num_rows, dtype=np.int64))
     return pa.table(
@@ -302,6 +296,28 @@ def _tagged_ids(batch: pa.Table, in_table: int) -> pa.Table:
             "supplied": zeros if in_table else ones,
         }
     )
+
+
+def _id_counts_of_interest(block: pa.Table) -> pa.Table:
+    """The ids of an id-sorted block with their counts summed, keeping those that are not
+    1 and 1 (in the table, supplied), and the first and last (they may go on in the next
+    block)."""
+    if block.num_rows == 0:
+        return block
+    # Without threads, group_by keeps the order of first appearance: here, the sort order.
+    counts = block.group_by("id", use_threads=False).aggregate(
+        [("in_table", "sum"), ("supplied", "sum")]
+    )
+    counts = pa.table(
+        {
+            "id": counts.column("id"),
+            "in_table": counts.column("in_table_sum"),
+            "supplied": counts.column("supplied_sum"),
+        }
+    )
+    keep = (counts.column("in_table").to_numpy() != 1) | (counts.column("supplied").to_numpy() != 1)
+    keep[[0, -1]] = True
+    return counts.filter(pa.array(keep))
 
 
 def _first_bad_row(files: list[str], id_column: str, table_path: str, problems: IdProblems) -> str:

@@ -36,7 +36,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -74,7 +74,8 @@ TEXT_COLUMNS = ("text", "content", "passage", "contents", "query")
 #: Rows per Parquet write: large enough for efficient row groups, small enough to stream.
 WRITE_BATCH_ROWS = 65_536
 TABULAR_SUFFIXES = (".jsonl", ".json", ".parquet", ".tsv")
-#: Rows per file of the normalized corpus (a directory): the unit of Ray Data's reads.
+#: Rows per file of the normalized corpus (a directory). Ray Data reads it in tasks of whole
+#: row groups (WRITE_BATCH_ROWS rows each), packed up to ``rerank_ray.io.READ_TASK_BYTES``.
 CORPUS_ROWS_PER_FILE = 4 * WRITE_BATCH_ROWS
 
 
@@ -680,30 +681,49 @@ class CorpusCheck:
     matches: dict[int, list[str]]
 
 
-# The id check of supplied embeddings (rerank_ray.cache.check_ids) aggregates by id with
-# Ray Data's groupby; these size its shuffle (check_corpus sorts instead: see there).
-#: Rows per partition of the hash shuffle by id (8.8M passages: 9 partitions).
-ROWS_PER_PARTITION = 1_000_000
-#: Below this many rows, Ray Data's sort-based shuffle (plain tasks) finishes sooner than its
-#: hash shuffle, which starts aggregator actors (measured here on a 3-row corpus: 0.7–1.0 s
-#: against 1.8–3.3 s); at 1M rows the sort-based groupby took 152 s against 7 s (session 3).
-SMALL_SHUFFLE_ROWS = 50_000
+def iter_sorted_groups(
+    make_dataset: Callable[[], object], key: str, keep: Callable[[pa.Table], pa.Table]
+) -> Iterator[list[dict]]:
+    """The rows of a dataset that ``keep`` leaves, grouped by ``key``, in ``key`` order.
 
+    Ray Data sorts the rows by ``key``; ``keep`` reduces each sorted block to the rows that
+    can matter, and must keep the block's first and last rows (their key may go on in the
+    next block). The driver reads what is kept in order and yields one key's rows at a
+    time, so it holds one group, not the dataset.
 
-@contextlib.contextmanager
-def shuffle_for(rows: int) -> Iterator[int]:
-    """Ray Data datasets created inside use the shuffle that suits ``rows`` rows; yields the
-    number of partitions (one per :data:`ROWS_PER_PARTITION` rows)."""
+    The sort is Ray Data's pull-based one: range-partitioned, one partition per input block,
+    so a task holds about one block however large the dataset, and a small dataset is one
+    task. (Ray 2.60's default shuffle plans 200 partitions when it cannot count the blocks,
+    as with Parquet reads: 5.3 s against 2.9 s to check a 3-row corpus.)
+
+    Args:
+        make_dataset: Builds the Ray Data dataset (with a ``key`` column). Called here, because
+            a dataset runs with the Ray Data context it was created in, and the sort's
+            settings are made here.
+        key: The column to group by.
+        keep: ``sorted block -> rows of it`` (a ``pyarrow.Table``), run on Ray's workers.
+
+    Example:
+        >>> items = lambda: ray.data.from_items([{"id": "b"}, {"id": "a"}, {"id": "b"}])  # doctest: +SKIP
+        >>> [[r["id"] for r in g] for g in iter_sorted_groups(items, "id", lambda b: b)]  # doctest: +SKIP
+        [['a'], ['b', 'b']]
+    """
     import ray.data
     from ray.data.context import ShuffleStrategy
 
     context = ray.data.DataContext.get_current().copy()
-    if rows < SMALL_SHUFFLE_ROWS:
-        context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-    else:
-        context.shuffle_strategy = ShuffleStrategy.HASH_SHUFFLE
+    context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    context.execution_options.preserve_order = True  # blocks reach the driver in key order
     with ray.data.DataContext.current(context):
-        yield max(1, -(-rows // ROWS_PER_PARTITION))
+        kept = make_dataset().sort(key).map_batches(keep, batch_format="pyarrow", batch_size=None)
+        group: list[dict] = []
+        for row in kept.iter_rows():
+            if group and row[key] != group[0][key]:
+                yield group
+                group = []
+            group.append(row)
+        if group:
+            yield group
 
 
 def check_corpus(path: str, rows: int, wanted: list[str], match_on: str) -> CorpusCheck:
@@ -741,30 +761,9 @@ def check_corpus(path: str, rows: int, wanted: list[str], match_on: str) -> Corp
 
     log.info("checking %d corpus rows: repeated pids, %d wanted values", rows, len(wanted))
     wanted_ref = ray.put(pa.array(wanted, pa.string()))
-    conflicting, repeated, matches = set(), set(), {}
-    group: list[dict] = []
-    for row in _rows_that_matter(path, wanted_ref, match_on):
-        if group and row["pid"] != group[0]["pid"]:
-            _settle(group, conflicting, repeated, matches)
-            group = []
-        group.append(row)
-    if group:
-        _settle(group, conflicting, repeated, matches)
-    for pids in matches.values():
-        pids.sort()
-    return CorpusCheck(conflicting, repeated, matches)
 
-
-def _rows_that_matter(path: str, wanted_ref, match_on: str) -> Iterator[dict]:
-    """``(pid, digest, wanted)`` rows in pid order: see :func:`check_corpus`."""
-    import ray.data
-    from ray.data.context import ShuffleStrategy
-
-    context = ray.data.DataContext.get_current().copy()
-    context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-    context.execution_options.preserve_order = True  # blocks reach the driver in pid order
-    with ray.data.DataContext.current(context):
-        sorted_rows = (
+    def digests():
+        return (
             read_dataset(path)
             .select_columns(["pid", "text"])
             .map_batches(
@@ -773,10 +772,14 @@ def _rows_that_matter(path: str, wanted_ref, match_on: str) -> Iterator[dict]:
                 batch_format="pyarrow",
                 batch_size=WRITE_BATCH_ROWS,  # bounds the Python strings hashed per call
             )
-            .sort("pid")
-            .map_batches(_rows_of_interest, batch_format="pyarrow", batch_size=None)
         )
-        yield from sorted_rows.iter_rows()
+
+    conflicting, repeated, matches = set(), set(), {}
+    for group in iter_sorted_groups(digests, "pid", _rows_of_interest):
+        _settle(group, conflicting, repeated, matches)
+    for pids in matches.values():
+        pids.sort()
+    return CorpusCheck(conflicting, repeated, matches)
 
 
 def _rows_of_interest(block: pa.Table) -> pa.Table:

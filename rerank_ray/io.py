@@ -294,12 +294,31 @@ def parquet_writer(path: str, schema: pa.Schema) -> pq.ParquetWriter:
     return pq.ParquetWriter(inner, schema, filesystem=filesystem)
 
 
+#: In-memory bytes of Parquet per Ray Data read task. Ray 2.60 packs whole row groups into
+#: read tasks of up to 128 MiB (``RAY_DATA_PARQUET_BIN_PACKING_BYTES``, counted after column
+#: pruning; ``override_num_blocks`` does not split them), and a task's memory follows its
+#: bin: one read task over a 3M-passage corpus peaked at 755 MiB private memory. At 1 MiB a
+#: read task is about one row group (65,536 rows in the tables this package writes), so a
+#: worker's memory stays flat as the corpus grows (BENCHMARKS.md, prepare stage).
+READ_TASK_BYTES = 1 << 20
+_BIN_PACKING_VARIABLE = "RAY_DATA_PARQUET_BIN_PACKING_BYTES"
+
+
 def read_dataset(path: str, **kwargs):
-    """A Ray Data dataset over a Parquet table, read through the path's filesystem."""
+    """A Ray Data dataset over a Parquet table, read through the path's filesystem, in read
+    tasks of about :data:`READ_TASK_BYTES` (a value already in the environment wins)."""
     import ray.data
 
     filesystem, inner = resolve(path)
-    return ray.data.read_parquet(inner, filesystem=filesystem, **kwargs)
+    # Ray reads the variable when the read is planned, here in the driver, so setting it for
+    # the call is enough and leaves the process environment as it was.
+    chosen = os.environ.get(_BIN_PACKING_VARIABLE)
+    os.environ[_BIN_PACKING_VARIABLE] = chosen or str(READ_TASK_BYTES)
+    try:
+        return ray.data.read_parquet(inner, filesystem=filesystem, **kwargs)
+    finally:
+        if chosen is None:
+            del os.environ[_BIN_PACKING_VARIABLE]
 
 
 def write_dataset(dataset, path: str) -> None:

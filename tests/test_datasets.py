@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rerank_ray import datasets
+from rerank_ray import datasets, io
 from rerank_ray.datasets import DataConfig, check_corpus, passage_id, prepare_data, read_qrels
 from rerank_ray.errors import DataError
 
@@ -156,9 +156,10 @@ def test_exact_duplicate_rows_leave_the_same_table_as_no_duplicates(tmp_path):
     assert _tables(repeated) == _tables(clean)
 
 
-def test_check_corpus_equals_a_brute_force_scan_across_blocks(tmp_path):
-    # 3,000 rows in 10 files, sorted into 10 blocks: repeats, conflicts and matches must not
-    # depend on which block a row lands in.
+def test_check_corpus_equals_a_brute_force_scan_across_blocks(tmp_path, monkeypatch):
+    # 3,000 rows in 10 files, read one file a task and sorted into 10 blocks: repeats,
+    # conflicts and matches must not depend on which block a row lands in.
+    monkeypatch.setattr(io, "READ_TASK_BYTES", 1)
     rows = [(f"p{i % 2900}", f"text {i % 2900}") for i in range(3000)]  # 100 exact repeats
     rows[2950] = ("p50", "another text")  # p50 conflicts
     rows[10] = ("p10", "  text 7 ")  # p10's text is text 7 once stripped

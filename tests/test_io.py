@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
@@ -105,3 +107,18 @@ def _listing(root: str) -> list[str]:
 
     filesystem, inner = resolve(root)
     return [i.path for i in filesystem.get_file_info(pafs.FileSelector(inner, recursive=True))]
+
+
+def test_ray_reads_a_table_in_read_tasks_of_the_chosen_size(ray_session, tmp_path, monkeypatch):
+    from rerank_ray import io
+
+    for name in ("a.parquet", "b.parquet", "c.parquet"):
+        _part(str(tmp_path), name, list(range(100)))
+    monkeypatch.delenv(io._BIN_PACKING_VARIABLE, raising=False)
+    assert io.read_dataset(str(tmp_path)).materialize().num_blocks() == 1  # 1 MiB: one task
+    monkeypatch.setattr(io, "READ_TASK_BYTES", 1)
+    dataset = io.read_dataset(str(tmp_path)).materialize()
+    assert dataset.num_blocks() == 3 and dataset.count() == 300  # one task per file
+    assert io._BIN_PACKING_VARIABLE not in os.environ  # set for the call only
+    monkeypatch.setenv(io._BIN_PACKING_VARIABLE, str(1 << 30))  # the user's value wins
+    assert io.read_dataset(str(tmp_path)).materialize().num_blocks() == 1

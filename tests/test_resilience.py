@@ -181,10 +181,11 @@ def test_bad_supplied_embeddings_are_rejected(first_run, msmarco, tmp_path, dama
 def test_check_ids_equals_a_brute_force_count_across_files_and_partitions(
     ray_session, tmp_path, monkeypatch
 ):
-    from rerank_ray import datasets
+    from rerank_ray import io
     from rerank_ray.cache import check_ids
 
-    monkeypatch.setattr(datasets, "ROWS_PER_PARTITION", 400)  # 8 partitions
+    # One read task per file: 7 blocks, so the sort has 7 partitions and ids cross them.
+    monkeypatch.setattr(io, "READ_TASK_BYTES", 1)
     table = [f"p{i}" for i in range(3000)]
     pq.write_table(pa.table({"pid": table}), tmp_path / "table.parquet")
     supplied = table[:2900] + ["x1", "x2"] + table[5:15] + table[7:8]  # 100 missing, 2 unknown
@@ -201,7 +202,30 @@ def test_check_ids_equals_a_brute_force_count_across_files_and_partitions(
     assert problems.repeated == {p for p, n in counts.items() if n > 1}
     assert len(problems.repeated) == 10
     assert problems.missing == sum(1 for p in table if counts[p] == 0) == 100
-    assert problems.missing_example in table[2900:]
+    assert problems.missing_example == min(table[2900:])  # the first in id order
+
+
+def test_ids_that_go_on_in_the_next_sorted_block_are_counted_whole():
+    from rerank_ray.cache import _id_counts_of_interest
+
+    def block(ids, in_table, supplied):
+        return pa.table({"id": ids, "in_table": in_table, "supplied": supplied})
+
+    first = block(["a", "a", "b", "b", "c"], [1, 0, 1, 0, 1], [0, 1, 0, 1, 0])
+    second = block(
+        ["c", "d", "d", "d", "e", "f", "f"], [0, 1, 0, 0, 0, 1, 0], [1, 0, 1, 1, 1, 0, 1]
+    )
+    kept = [_id_counts_of_interest(b).to_pylist() for b in (first, second)]
+    assert kept[0] == [  # b is whole and fine; a and c are the edges
+        {"id": "a", "in_table": 1, "supplied": 1},
+        {"id": "c", "in_table": 1, "supplied": 0},
+    ]
+    assert kept[1] == [  # c the edge, d repeated, e unknown, f the edge
+        {"id": "c", "in_table": 0, "supplied": 1},
+        {"id": "d", "in_table": 1, "supplied": 2},
+        {"id": "e", "in_table": 0, "supplied": 1},
+        {"id": "f", "in_table": 1, "supplied": 1},
+    ]
 
 
 def _cli_run(msmarco, out, cache) -> list[str]:
