@@ -177,6 +177,9 @@ def import_embeddings(
             rows += written
         if rows == 0:
             raise DataError(f"{source}: no embeddings (no rows)")
+        # Arrow's allocator keeps what the pass over the vectors freed; without this the
+        # driver's peak grew with the vectors (measured: 402 MiB private at 3M, 334 with it).
+        pa.default_memory_pool().release_unused()
         problems = check_ids(table_path, tmp, id_column)
         if problems.unknown or problems.repeated:
             raise DataError(_first_bad_row(files, id_column, table_path, problems))

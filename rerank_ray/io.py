@@ -298,8 +298,8 @@ def parquet_writer(path: str, schema: pa.Schema) -> pq.ParquetWriter:
 #: read tasks of up to 128 MiB (``RAY_DATA_PARQUET_BIN_PACKING_BYTES``, counted after column
 #: pruning; ``override_num_blocks`` does not split them), and a task's memory follows its
 #: bin: one read task over a 3M-passage corpus peaked at 755 MiB private memory. At 1 MiB a
-#: read task is about one row group (65,536 rows in the tables this package writes), so a
-#: worker's memory stays flat as the corpus grows (BENCHMARKS.md, prepare stage).
+#: read task is about one row group (65,536 rows in the tables this package writes), so what
+#: it holds no longer grows with the corpus (BENCHMARKS.md, prepare stage, session 5).
 READ_TASK_BYTES = 1 << 20
 _BIN_PACKING_VARIABLE = "RAY_DATA_PARQUET_BIN_PACKING_BYTES"
 
