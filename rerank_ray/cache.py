@@ -284,7 +284,8 @@ def check_ids(table_path: str, supplied_path: str, id_column: str) -> IdProblems
             repeated.add(identifier)
         if in_table and not supplied:
             missing += 1
-            missing_example = missing_example or identifier
+            if missing_example is None:
+                missing_example = identifier  # the first in id order
     return IdProblems(unknown, repeated, missing, missing_example)
 
 

@@ -311,7 +311,8 @@ def read_dataset(path: str, **kwargs):
 
     filesystem, inner = resolve(path)
     # Ray reads the variable when the read is planned, here in the driver, so setting it for
-    # the call is enough and leaves the process environment as it was.
+    # the call is enough and leaves the process environment as it was (the stages plan
+    # their reads from one thread).
     chosen = os.environ.get(_BIN_PACKING_VARIABLE)
     os.environ[_BIN_PACKING_VARIABLE] = chosen or str(READ_TASK_BYTES)
     try:
