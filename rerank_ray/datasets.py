@@ -57,6 +57,7 @@ from rerank_ray.io import (
     publish,
     read_dataset,
     read_table,
+    read_text,
     split,
     temporary_sibling,
 )
@@ -252,11 +253,10 @@ def iter_records(source: str, split: str = "train") -> Iterator[tuple[str, dict]
             raise DataError(f"{source}: no rows")
         return
     if source.endswith(".json") and not _looks_like_jsonl(source):
-        with open_binary(source) as handle:
-            try:
-                data = json.loads(handle.read().decode("utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as error:
-                raise DataError(f"{source}: not valid JSON ({error})") from None
+        try:
+            data = json.loads(read_text(source))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise DataError(f"{source}: not valid JSON ({error})") from None
         if not isinstance(data, list):
             raise DataError(f"{source}: expected a JSON list of records")
         for index, record in enumerate(data, start=1):

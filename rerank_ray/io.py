@@ -84,13 +84,11 @@ def split(path: str | os.PathLike) -> tuple[str, str]:
 
 
 def exists(path: str | os.PathLike) -> bool:
-    filesystem, inner = resolve(path)
-    return filesystem.get_file_info(inner).type != pafs.FileType.NotFound
+    return file_info(path).type != pafs.FileType.NotFound
 
 
 def is_dir(path: str | os.PathLike) -> bool:
-    filesystem, inner = resolve(path)
-    return filesystem.get_file_info(inner).type == pafs.FileType.Directory
+    return file_info(path).type == pafs.FileType.Directory
 
 
 def makedirs(path: str | os.PathLike) -> None:
@@ -215,7 +213,7 @@ def open_binary(path: str):
     return stdio.BufferedReader(filesystem.open_input_stream(inner), buffer_size=1 << 20)
 
 
-def file_info(path: str) -> pafs.FileInfo:
+def file_info(path: str | os.PathLike) -> pafs.FileInfo:
     """Type and size of ``path`` (``type`` is ``FileType.NotFound`` when it does not exist)."""
     filesystem, inner = resolve(path)
     return filesystem.get_file_info(inner)
