@@ -158,7 +158,7 @@ def stage_alone(args, path: str) -> None:
     import ray
 
     with timer(times, "ray_init"):
-        ray.init(include_dashboard=False, logging_level="WARNING")
+        ray.init(address="local", include_dashboard=False, logging_level="WARNING")
     resources = plan_resources(None)
     with tempfile.TemporaryDirectory() as tmp:
         corpus = os.path.join(tmp, "corpus.parquet")

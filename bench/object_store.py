@@ -42,7 +42,7 @@ def main() -> None:
     from rerank_ray.pipeline import Pipeline, run_pipeline
     from rerank_ray.rerank import RerankOptions
 
-    ray.init(include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", include_dashboard=False, logging_level="WARNING")
     s3 = pafs.S3FileSystem(endpoint_override=endpoint, allow_bucket_creation=True)
     s3.create_dir("bench")
     with s3.open_output_stream("bench/msmarco/dev.jsonl") as upload, open(DEV_JSONL, "rb") as f:

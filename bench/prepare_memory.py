@@ -136,7 +136,7 @@ def stage_only(directory: str) -> None:
 
     from rerank_ray.datasets import DataConfig, prepare_data, read_qrels
 
-    ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ray.init(address="local", include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     config = DataConfig(
         dataset=os.path.join(directory, "dev.jsonl"),
         corpus=os.path.join(directory, "corpus.parquet"),

@@ -61,7 +61,7 @@ def main() -> None:
     import ray
 
     with timer(times, "ray_init"):
-        ray.init(include_dashboard=False, logging_level="WARNING")
+        ray.init(address="local", include_dashboard=False, logging_level="WARNING")
     resources = plan_resources(args.actors)
     with tempfile.TemporaryDirectory() as tmp:
         paths = {

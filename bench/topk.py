@@ -167,7 +167,7 @@ def stage_only(directory: str, k: int) -> None:
 
     from rerank_ray.search import exact_search
 
-    ray.init(include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", include_dashboard=False, logging_level="ERROR")
     with PeakRss() as peaks:
         started = time.perf_counter()
         exact_search(

@@ -103,7 +103,7 @@ def library_versions() -> dict[str, str]:
 
 
 def connect_ray(address: str | None) -> None:
-    """Join the Ray cluster at ``address`` (or the job's), or start an embedded local one."""
+    """Join the Ray cluster at ``address`` (or the job's), or start a private local one."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
@@ -111,9 +111,11 @@ def connect_ray(address: str | None) -> None:
         return
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
+    elif os.environ.get("RAY_ADDRESS"):
+        ray.init(logging_level=logging.WARNING)  # inside `ray job submit`: the job's cluster
     else:
-        # RAY_ADDRESS (set inside `ray job submit`) wins; otherwise a local Ray starts.
-        ray.init(logging_level=logging.WARNING, include_dashboard=False)
+        # A private Ray of this process, never a cluster recorded under /tmp/ray.
+        ray.init(address="local", logging_level=logging.WARNING, include_dashboard=False)
 
 
 class Pipeline:
