@@ -53,24 +53,6 @@ def embedding_key(fingerprint: str, options: dict, role: str, content_hash: str,
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def role_options(options, role: str) -> dict:
-    """The embedding options that change the vectors of ``role`` (``corpus`` or ``queries``)."""
-    if role == "queries":
-        return {
-            "pooling": options.pooling,
-            "max_length": options.query_max_length,
-            "instruction": options.query_instruction,
-            "normalize": options.normalize,
-            "storage": options.storage,
-        }
-    return {
-        "pooling": options.pooling,
-        "max_length": options.passage_max_length,
-        "normalize": options.normalize,
-        "storage": options.storage,
-    }
-
-
 class EmbeddingCache:
     """Embedding directories under ``root/embeddings/<key>/``, each published atomically.
 

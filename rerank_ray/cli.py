@@ -52,7 +52,9 @@ OPTION_PATHS = {
     "reranker_batch_size": "rerank.batch_size",
     "top_k": "top_k",
     "address": "compute.address",
+    "device": "compute.device",
     "num_actors": "compute.num_actors",
+    "max_actors": "compute.max_actors",
     "num_gpus_per_actor": "compute.num_gpus_per_actor",
     "rows_per_call": "compute.rows_per_call",
     "corpus_embeddings": "corpus_embeddings",
@@ -162,9 +164,24 @@ def _options_parser() -> argparse.ArgumentParser:
     compute = parser.add_argument_group("compute")
     compute.add_argument("--address", help="existing Ray cluster; default: embedded local Ray")
     compute.add_argument(
-        "--num-actors", type=int, metavar="N", help="model replicas (default: one per GPU, else 1)"
+        "--device",
+        choices=("auto", "cuda", "cpu"),
+        help="auto (default): GPUs when the cluster has them or its autoscaler can launch"
+        " them; cuda: always GPUs; cpu: never",
     )
-    compute.add_argument("--num-gpus-per-actor", type=float, metavar="G")
+    compute.add_argument(
+        "--max-actors",
+        type=int,
+        metavar="N",
+        help="most model replicas of the autoscaling pool (default: one per GPU the cluster"
+        " has or can launch; one on CPUs)",
+    )
+    compute.add_argument(
+        "--num-actors", type=int, metavar="N", help="a fixed number of model replicas instead"
+    )
+    compute.add_argument(
+        "--num-gpus-per-actor", type=float, metavar="G", help="GPUs per replica (default: 1)"
+    )
     compute.add_argument(
         "--rows-per-call", type=int, metavar="N", help="rows per actor call (default: 4096)"
     )

@@ -19,20 +19,43 @@ class ComputeConfig:
 
     Args:
         address: An existing Ray cluster (``ray://…``, ``HOST:PORT`` or ``auto``); ``None``
-            starts an embedded local Ray (or joins the one a Ray job runs in).
-        num_actors: Model replicas per stage; ``None``: one per GPU, or one on CPUs.
-        num_gpus_per_actor: GPUs per replica; ``None``: 1 when the cluster has GPUs, else 0.
+            starts a private local Ray (or joins the one a Ray job runs in).
+        device: ``auto`` (GPUs when the cluster has them or its autoscaler can launch them),
+            ``cuda`` (always GPUs) or ``cpu``; see :mod:`rerank_ray.pool`.
+        num_actors: A fixed number of model replicas per stage; ``None``: an autoscaling pool.
+        max_actors: Most replicas of an autoscaling pool; ``None``: one per GPU the cluster
+            has or can launch (one actor on CPUs).
+        num_gpus_per_actor: GPUs per replica; ``None``: 1 on GPUs.
         rows_per_call: Rows Ray Data hands each actor call.
     """
 
     address: str | None = None
+    device: str = "auto"
     num_actors: int | None = None
+    max_actors: int | None = None
     num_gpus_per_actor: float | None = None
     rows_per_call: int = 4096
 
     def __post_init__(self):
+        from rerank_ray.pool import DEVICE_POLICIES
+
+        if self.device not in DEVICE_POLICIES:
+            raise ConfigError(f"--device must be auto, cuda or cpu, got {self.device!r}")
         if self.num_actors is not None and self.num_actors < 1:
             raise ConfigError(f"--num-actors must be at least 1, got {self.num_actors}")
+        if self.max_actors is not None and self.max_actors < 1:
+            raise ConfigError(f"--max-actors must be at least 1, got {self.max_actors}")
+        if self.num_actors is not None and self.max_actors is not None:
+            raise ConfigError(
+                "--num-actors (a fixed pool) and --max-actors (an autoscaling pool) exclude"
+                " each other"
+            )
+        if self.num_gpus_per_actor is not None and self.num_gpus_per_actor < 0:
+            raise ConfigError(
+                f"--num-gpus-per-actor must be at least 0, got {self.num_gpus_per_actor}"
+            )
+        if self.num_gpus_per_actor and self.device == "cpu":
+            raise ConfigError("--num-gpus-per-actor asks for GPUs, --device cpu for none")
         if self.rows_per_call < 1:
             raise ConfigError(f"--rows-per-call must be at least 1, got {self.rows_per_call}")
 

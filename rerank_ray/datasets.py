@@ -134,7 +134,7 @@ class DataConfig:
             )
         # Files first, before anything slow starts (Ray, a Hub download): a typo fails at once.
         for source in (self.dataset, self.corpus, self.queries, self.qrels):
-            if source is not None and _is_file(source):
+            if source is not None and is_local_source(source):
                 _check_file(source)
 
 
@@ -213,7 +213,7 @@ def _check_file(path: str) -> None:
         raise DataError(f"{path}: file is empty")
 
 
-def _is_file(source: str) -> bool:
+def is_local_source(source: str) -> bool:
     """A local path or a URI (``s3://…``), not a Hub dataset name (``namespace-Pt/msmarco``,
     which has a slash too: a name that is not a local path is the Hub's)."""
     return (
@@ -239,7 +239,7 @@ def iter_records(source: str, split: str = "train") -> Iterator[tuple[str, dict]
     ``where`` names the file and row for error messages (``"dev.jsonl, line 7"``). Hub
     datasets are streamed with :func:`datasets.load_dataset` so only the rows used are read.
     """
-    if not _is_file(source):
+    if not is_local_source(source):
         yield from _iter_hub_records(source, split)
         return
     _check_file(source)

@@ -100,27 +100,44 @@ def _has_files(path: str, suffix: str) -> bool:
     return any(f.endswith(suffix) for _, _, files in os.walk(path) for f in files)
 
 
-def weights_fingerprint(path: str) -> str:
-    """SHA-256 over the model's weight files (names and bytes), in name order.
+#: What a model's output depends on: weights, configs (pooling, max length) and tokenizer.
+FINGERPRINTED_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model")
 
-    Two directories with the same weights get the same fingerprint whatever they are called;
-    any change to the weights changes it.
+#: Fingerprints computed in this process, by the files' names, sizes and mtimes.
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def weights_fingerprint(path: str) -> str:
+    """SHA-256 over the model's files (names and bytes, in name order): weights, configs and
+    tokenizer, so any change to what the model computes changes it.
+
+    Two directories with the same files get the same fingerprint whatever they are called.
+    Within a process a directory whose files keep their sizes and mtimes is not hashed again.
     """
-    weight_files = sorted(
+    model_files = sorted(
         os.path.relpath(os.path.join(root, f), path)
         for root, _, files in os.walk(path)
         for f in files
-        if f.endswith((".safetensors", ".bin"))
+        if f.endswith(FINGERPRINTED_SUFFIXES)
     )
-    if not weight_files:
+    if not any(f.endswith((".safetensors", ".bin")) for f in model_files):
         raise ConfigError(f"{path}: no weights (*.safetensors or *.bin) in the model directory")
+    stats = tuple(
+        (relative, os.stat(os.path.join(path, relative)).st_size,
+         os.stat(os.path.join(path, relative)).st_mtime_ns)
+        for relative in model_files
+    )  # fmt: skip
+    memo = (os.path.realpath(path), stats)
+    if memo in _FINGERPRINTS:
+        return _FINGERPRINTS[memo]
     digest = hashlib.sha256()
-    for relative in weight_files:
+    for relative in model_files:
         digest.update(relative.encode())
         with open(os.path.join(path, relative), "rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 22), b""):
                 digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
+    _FINGERPRINTS[memo] = "sha256:" + digest.hexdigest()
+    return _FINGERPRINTS[memo]
 
 
 def resolve_model(name: str, aliases: dict | None = None) -> ResolvedModel:

@@ -25,19 +25,28 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import platform
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from importlib import metadata
 
 from rerank_ray.config import RunConfig
-from rerank_ray.datasets import PreparedData, prepare_data, read_qrels
+from rerank_ray.datasets import PreparedData, is_local_source, prepare_data, read_qrels
 from rerank_ray.errors import ConfigError
-from rerank_ray.io import absolute, discard, exists, join, makedirs, read_json, write_json
+from rerank_ray.io import (
+    absolute,
+    content_fingerprint,
+    discard,
+    exists,
+    join,
+    makedirs,
+    read_json,
+    write_json,
+)
+from rerank_ray.keys import compute_precision, digest, score_options, vector_options
 
 log = logging.getLogger("rerank_ray")
 
@@ -129,6 +138,7 @@ class Pipeline:
         self.manifest.setdefault("models", {})
         self.manifest.setdefault("stages", {})
         self.manifest["versions"] = library_versions()
+        self._models: dict = {}
 
     # ------------------------------------------------------------------ helpers
 
@@ -159,28 +169,73 @@ class Pipeline:
             self.manifest["stages"].pop(later, None)
 
     def stage_key(self, stage: str) -> str:
-        """A hash of everything ``stage``'s output depends on: its options and earlier stages'."""
-        config = self.config.to_dict()
-        embedding = {
-            k: v
-            for k, v in config["embedding"].items()
-            if k not in ("batch_size", "max_tokens_per_batch")  # speed only, same vectors
-        }
-        own = {
-            "prepare": config["data"],
-            "embed": [
-                config["embedder"],
-                embedding,
-                config["corpus_embeddings"],
-                config["query_embeddings"],
-            ],
-            "retrieve": config["top_k"],
-            "rerank": {k: v for k, v in config["rerank"].items() if k != "batch_size"},
-            "evaluate": None,
-        }
+        """A hash of everything ``stage``'s output depends on: its own inputs and options
+        (:meth:`depends_on`) and the key of the stage before it."""
         previous = self.stage_key(STAGES[STAGES.index(stage) - 1]) if stage != STAGES[0] else ""
-        payload = json.dumps([previous, stage, own[stage]], sort_keys=True, default=str)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        return digest([previous, stage, self.depends_on(stage)])[:16]
+
+    def depends_on(self, stage: str):
+        """What ``stage``'s output is computed from, besides earlier stages' outputs: content,
+        not paths (source files by content hash, models by fingerprint), and only the options
+        that change a vector or a score (:mod:`rerank_ray.keys`)."""
+        config = self.config
+        if stage == "prepare":
+            return {"data": asdict(config.data), "sources": self._source_hashes()}
+        if stage == "embed":
+            options = self._embedding_options()
+            supplied = {
+                role: self._content_hash(path) if path else None
+                for role, path in (
+                    ("corpus", config.corpus_embeddings),
+                    ("queries", config.query_embeddings),
+                )
+            }
+            return {
+                "embedder": self._model("embedder").fingerprint,
+                "vectors": {role: vector_options(options, role) for role in ("corpus", "queries")},
+                "supplied": supplied,
+            }
+        if stage == "retrieve":
+            return {"top_k": config.top_k}
+        if stage == "rerank":
+            if not config.reranks:
+                return None
+            return {"reranker": self._model("reranker").fingerprint, **score_options(config.rerank)}
+        return None
+
+    def _model(self, role: str):
+        """The embedder or reranker resolved to a local directory and fingerprint (once)."""
+        from rerank_ray.models import RERANKER_ALIASES, resolve_model
+
+        if role not in self._models:
+            if role == "embedder":
+                self._models[role] = resolve_model(self.config.embedder)
+            else:
+                self._models[role] = resolve_model(self.config.reranker, RERANKER_ALIASES)
+        return self._models[role]
+
+    def _embedding_options(self):
+        """The embedding options with the model's defaults filled in."""
+        return self.config.embedding.resolved(self._model("embedder").path)
+
+    def _content_hash(self, path: str) -> str:
+        """The SHA-256 of a source's content; re-read only when its files' sizes or mtimes
+        changed since the manifest recorded them."""
+        known = self.manifest.setdefault("sources", {})
+        try:
+            known[path] = content_fingerprint(path, known.get(path))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such file or directory") from None
+        return known[path]["sha256"]
+
+    def _source_hashes(self) -> dict:
+        data = self.config.data
+        sources = (data.dataset, data.corpus, data.queries, data.qrels)
+        return {
+            path: self._content_hash(path) if is_local_source(path) else "hub"
+            for path in sources
+            if path is not None
+        }
 
     def is_complete(self, stage: str) -> bool:
         """Whether ``stage`` finished with the current options and its outputs are in place."""
@@ -188,19 +243,52 @@ class Pipeline:
         outputs = [p for p in self._outputs(stage) if p != self.run.plot_path]
         return recorded.get("key") == self.stage_key(stage) and all(exists(p) for p in outputs)
 
+    def upstream(self, stage: str) -> tuple[str, ...]:
+        """The stages whose outputs ``stage`` reads."""
+        return {
+            "prepare": (),
+            "embed": ("prepare",),
+            "retrieve": ("embed",),
+            "rerank": ("retrieve",),
+            "evaluate": ("retrieve", "rerank") if self.config.reranks else ("retrieve",),
+        }[stage]
+
+    def require_upstream(self, stage: str) -> None:
+        """Refuse (one line) to run ``stage`` on outputs that are missing or were computed
+        from other inputs or options than the current config's: nothing stale is read, and
+        no result is labelled with a model it was not computed with."""
+        for before in self.upstream(stage):
+            if not self.is_complete(before):
+                raise ConfigError(
+                    f"{self.run.root}: the {before} stage's output is missing or was computed"
+                    f" with other inputs or options; run the '{before}' stage first"
+                    " (`rerank-ray run` redoes what changed)"
+                )
+
     def _timed(self, stage: str, work: Callable[[], dict]) -> None:
+        self.require_upstream(stage)
         log.info("stage %s: started", stage)
         self._invalidate_after(stage)
         # The manifest is the commit point: until this stage records itself again, it and
         # those after it are not done (an object store publishes a directory in several steps).
         self.manifest["stages"].pop(stage, None)
         self.run.write_manifest(self.manifest)
+        key = self.stage_key(stage)  # of the inputs as they are when the stage starts
         started = time.perf_counter()
         stats = work()
         stats.setdefault("wall_seconds", round(time.perf_counter() - started, 3))
-        stats["key"] = self.stage_key(stage)
+        stats["key"] = key
         self._record(stage, stats)
         log.info("stage %s: done in %.1f s", stage, stats["wall_seconds"])
+
+    def _plan_pool(self):
+        """The actor pool of a model stage under the run's device policy (Ray connected)."""
+        from rerank_ray.pool import plan_resources
+
+        compute = self.config.compute
+        return plan_resources(
+            compute.device, compute.num_actors, compute.max_actors, compute.num_gpus_per_actor
+        )
 
     # ------------------------------------------------------------------ stages
 
@@ -230,26 +318,19 @@ class Pipeline:
         actor pool that computes them (then stored in the cache). When no role needs the
         model, it is never loaded.
         """
-        from rerank_ray.cache import (
-            EmbeddingCache,
-            embedding_key,
-            import_embeddings,
-            role_options,
-        )
-        from rerank_ray.embed import embed_tables, plan_resources
+        from rerank_ray.cache import EmbeddingCache, embedding_key, import_embeddings
+        from rerank_ray.embed import embed_tables
         from rerank_ray.io import atomic_path, copy_tree, split
-        from rerank_ray.models import default_cache_dir, resolve_model
+        from rerank_ray.models import default_cache_dir
 
         prepared = self._prepared()
-        embedder = resolve_model(self.config.embedder)
-        options = self.config.embedding.resolved(embedder.path)
+        embedder = self._model("embedder")
+        options = self._embedding_options()
         self.manifest["models"]["embedder"] = {**embedder.to_dict(), "options": options.__dict__}
         connect_ray(self.config.compute.address)
-        resources = plan_resources(
-            self.config.compute.num_actors, self.config.compute.num_gpus_per_actor
-        )
+        resources = self._plan_pool()
         cache = EmbeddingCache(self.config.cache_dir or default_cache_dir())
-        dtype = "float16" if resources.num_gpus_per_actor else "float32"
+        dtype = compute_precision(resources.device)
         roles = (
             ("corpus", prepared.corpus_path, prepared.corpus_hash,
              self.run.corpus_embeddings_dir, self.config.corpus_embeddings),
@@ -263,7 +344,7 @@ class Pipeline:
             for role, table, content_hash, out, supplied in roles:
                 makedirs(split(out)[0])
                 keys[role] = embedding_key(
-                    embedder.fingerprint, role_options(options, role), role, content_hash, dtype
+                    embedder.fingerprint, vector_options(options, role), role, content_hash, dtype
                 )
                 role_started = time.perf_counter()
                 cached = (
@@ -329,6 +410,7 @@ class Pipeline:
                 self.run.query_embeddings_dir,
                 self.run.retrieval_path,
                 k=self.config.top_k,
+                device=self.config.compute.device,
             )
             return {**stats.to_dict(), "top_k": self.config.top_k}
 
@@ -336,8 +418,6 @@ class Pipeline:
 
     def rerank(self) -> None:
         """Rescore the top retrieved passages with the cross-encoder (skipped for ``none``)."""
-        from rerank_ray.embed import plan_resources
-        from rerank_ray.models import RERANKER_ALIASES, resolve_model
         from rerank_ray.rerank import rerank_candidates
 
         if not self.config.reranks:
@@ -348,15 +428,13 @@ class Pipeline:
             return
         self.run.require(self.run.retrieval_path, "retrieve")
         prepared = self._prepared()
-        reranker = resolve_model(self.config.reranker, RERANKER_ALIASES)
+        reranker = self._model("reranker")
         self.manifest["models"]["reranker"] = {
             **reranker.to_dict(),
             "options": self.config.rerank.to_dict(),
         }
         connect_ray(self.config.compute.address)
-        resources = plan_resources(
-            self.config.compute.num_actors, self.config.compute.num_gpus_per_actor
-        )
+        resources = self._plan_pool()
 
         def work() -> dict:
             stats = rerank_candidates(
@@ -425,6 +503,12 @@ class Pipeline:
         manifest, its output in place) is skipped: re-running an interrupted command redoes
         only the unfinished stage and those after it.
         """
+        compute = self.config.compute
+        if compute.device == "cuda" or compute.num_gpus_per_actor:
+            from rerank_ray.pool import cluster_gpus, decide_device
+
+            connect_ray(compute.address)
+            decide_device("cuda", cluster_gpus())  # refused here, before any work
         for stage in STAGES[:-1]:
             if resume and self.is_complete(stage):
                 log.info("stage %s: up to date, skipped", stage)

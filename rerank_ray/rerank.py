@@ -22,15 +22,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rerank_ray.embed import (
-    ActorResources,
-    StageStats,
-    announce_actor,
-    collect_counters,
-    map_with_actor_pool,
-    plan_resources,
-    report_counts,
-)
 from rerank_ray.errors import ConfigError
 from rerank_ray.io import (
     atomic_path,
@@ -42,6 +33,15 @@ from rerank_ray.io import (
     write_table,
 )
 from rerank_ray.models import CrossEncoder, sigmoid
+from rerank_ray.pool import (
+    ActorResources,
+    StageStats,
+    announce_actor,
+    collect_counters,
+    map_with_actor_pool,
+    plan_resources,
+    report_counts,
+)
 
 RERANK_SCHEMA = pa.schema(
     [

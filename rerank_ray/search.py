@@ -50,9 +50,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rerank_ray.embed import StageStats, embedding_files, embedding_matrix
+from rerank_ray.embed import embedding_files, embedding_matrix
 from rerank_ray.errors import DataError
 from rerank_ray.io import atomic_path, open_input, read_table, write_table
+from rerank_ray.pool import StageStats, cluster_gpus, decide_device
 
 RETRIEVAL_SCHEMA = pa.schema(
     [("qid", pa.string()), ("pid", pa.string()), ("rank", pa.int32()), ("score", pa.float32())]
@@ -375,6 +376,7 @@ def exact_search(
     output_path: str,
     k: int,
     max_in_flight: int | None = None,
+    device: str = "auto",
 ) -> StageStats:
     """Exact inner-product top-k of every query over the whole corpus, in Ray tasks.
 
@@ -384,6 +386,9 @@ def exact_search(
         output_path: ``retrieval.parquet`` to write: ``qid, pid, rank, score``.
         k: Passages kept per query (fewer when the corpus is smaller).
         max_in_flight: Most tasks running at once, bounding the driver's pending results.
+        device: The device policy (:func:`rerank_ray.pool.decide_device`): on ``cuda`` each
+            task asks for one GPU (tensor-core bfloat16 products), which also makes an
+            autoscaler launch GPU nodes; on ``cpu`` it asks for one CPU.
 
     Returns:
         Rows written, wall time and resources.
@@ -395,11 +400,11 @@ def exact_search(
     files = embedding_files(corpus_embeddings_dir)
     if not files:
         raise DataError(f"{corpus_embeddings_dir}: no corpus embeddings")
-    cluster = ray.cluster_resources()
-    # One file per GPU where the cluster has GPUs (tensor-core bfloat16 products), else per CPU.
-    num_gpus = 1 if cluster.get("GPU", 0) >= 1 else 0
+    plan = decide_device(device, cluster_gpus())
+    num_gpus = 1 if plan.device == "cuda" else 0
     if max_in_flight is None:
-        max_in_flight = max(2, int(cluster.get("GPU" if num_gpus else "CPU", 2)) * 2)
+        slots = plan.max_gpus if num_gpus else int(ray.cluster_resources().get("CPU", 2))
+        max_in_flight = max(2, slots * 2)
     search_task = ray.remote(max_retries=3, num_cpus=1, num_gpus=num_gpus)(_search_task)
     queries_ref = ray.put(queries)
     result, pending, placements = None, [], []
@@ -424,6 +429,9 @@ def exact_search(
         rows=table.num_rows,
         wall_seconds=time.perf_counter() - started,
         resources={
+            "policy": plan.policy,
+            "device": plan.device,
+            "reason": plan.reason,
             "tasks": len(files),
             "num_gpus_per_task": num_gpus,
             "queries": len(qids),
