@@ -221,7 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS"),
         help="the cluster's job server, e.g. http://127.0.0.1:8265 (default: $RAY_API_SERVER_ADDRESS)",
     )
-    submit.add_argument("--working-dir", default=".", help="the checkout to send (default: .)")
+    submit.add_argument(
+        "--working-dir",
+        help="the rerank-ray checkout to send, without .gitignore'd files, .env files, keys and"
+        " credentials (default: the installed project's root, the folder holding jobs/)",
+    )
     submit.add_argument("--no-wait", dest="wait", action="store_false", help="submit and return")
     submit.add_argument("job", nargs=argparse.REMAINDER, help="-- COMMAND [options]")
     return parser

@@ -7,11 +7,14 @@ import copy
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +22,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from rerank_ray.cli import build_parser
+from rerank_ray.cli import build_parser, main
 from rerank_ray.embed import embedding_matrix
-from rerank_ray.submit import job_arguments
+from rerank_ray.submit import job_arguments, job_working_dir, upload_excludes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,6 +89,71 @@ def test_job_arguments_pick_the_entrypoint_and_make_local_paths_absolute(tmp_pat
         job_arguments(["--out", "x"])
 
 
+def test_submit_sends_the_installed_project_or_a_working_dir_that_holds_the_entrypoint(
+    tmp_path, capsys
+):
+    import rerank_ray
+
+    root = job_working_dir("jobs/pipeline.py")
+    assert root == Path(rerank_ray.__file__).resolve().parents[1]
+    assert (root / "jobs" / "pipeline.py").is_file() and (root / "rerank_ray" / "cli.py").is_file()
+    assert job_working_dir("jobs/rerank.py", str(REPO)) == REPO
+    # Checked before the (unreachable) job server is contacted: one line, exit 2.
+    code = main(
+        ["submit", "--address", "http://127.0.0.1:9", "--working-dir", str(tmp_path), "--",
+         "run", "--out", str(tmp_path / "out")]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"rerank-ray: error: --working-dir {tmp_path}: no jobs/pipeline.py there")
+
+
+def test_submit_of_a_package_installed_without_jobs_asks_for_a_working_dir(tmp_path):
+    site = tmp_path / "site-packages"
+    site.mkdir()
+    shutil.copytree(REPO / "rerank_ray", site / "rerank_ray")  # as a wheel installs it: no jobs/
+    env = dict(os.environ, PYTHONPATH=str(site))
+    completed = subprocess.run(
+        [sys.executable, "-m", "rerank_ray.cli", "submit", "--address", "http://127.0.0.1:9",
+         "--", "run", "--out", "out"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert completed.returncode == 2, completed.stderr[-2000:]
+    assert completed.stderr.count("\n") == 1 and "pass --working-dir" in completed.stderr
+    assert str(site / "rerank_ray") in completed.stderr
+
+
+def test_submit_excludes_keep_secrets_and_gitignored_files_out_of_rays_package(tmp_path):
+    """Ray's own working_dir packer with the excludes submit passes; .gitignore reading off, as
+    under RAY_RUNTIME_ENV_IGNORE_GITIGNORE=1, so the .gitignore rule comes from the excludes."""
+    from ray._private.runtime_env.packaging import create_package
+
+    project = tmp_path / "project"
+    kept = [
+        "jobs/pipeline.py",
+        "rerank_ray/cli.py",
+        "rerank_ray/keys.py",
+        "env.md",
+        "important.log",
+    ]
+    left_out = [
+        ".env", ".env.local", "sub/.env", "id_rsa", "id_rsa.pub", "sub/id_ed25519", "id_ecdsa",
+        "server.pem", "sub/tls.key", "cert.p12", ".netrc", ".aws/credentials", ".ssh/config",
+        "sub/.ssh/known_hosts", "runs/a/metrics.json", ".venv/bin/python", "notes.log",
+    ]  # fmt: skip
+    for name in kept + left_out:
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_text(name)
+    # The .gitignore's own negation brings back its file, never a secret.
+    (project / ".gitignore").write_text("*.log\n!important.log\n!.env\n")
+    package = tmp_path / "package.zip"
+    create_package(
+        str(project), package, include_gitignore=False, excludes=upload_excludes(project)
+    )
+    names = set(zipfile.ZipFile(package).namelist())
+    assert names == {*kept, ".gitignore"}
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -105,6 +173,8 @@ def local_head(tmp_path_factory):
             "--node-ip-address=127.0.0.1", f"--port={_free_port()}", "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard_port}", "--num-cpus=2", "--disable-usage-stats",
             f"--temp-dir={temp_dir}",
+            # Ports Ray fixes by default: another Ray on this machine may hold them.
+            f"--dashboard-agent-listen-port={_free_port()}", f"--ray-client-server-port={_free_port()}",
         ],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
@@ -119,7 +189,7 @@ def local_head(tmp_path_factory):
             break
         assert head.poll() is None and time.time() < deadline, probe.stderr.decode()[-1000:]
         time.sleep(1)
-    yield address, env
+    yield address, env, temp_dir
     # Stop this head's processes only: `ray stop` would also stop the test session's Ray.
     import psutil
 
@@ -131,7 +201,7 @@ def local_head(tmp_path_factory):
 
 
 def test_ray_job_submit_and_rerank_ray_submit_on_a_local_head(local_head, msmarco, tmp_path):
-    address, env = local_head
+    address, env, _ = local_head
     options = [
         "--dataset", str(msmarco / "dev.jsonl"), "--corpus-rows", "60", "--num-queries", "6",
         "--embedder", "minilm", "--reranker", "none", "--top-k", "10", "-q",
@@ -161,6 +231,60 @@ def test_ray_job_submit_and_rerank_ray_submit_on_a_local_head(local_head, msmarc
     )  # fmt: skip
     assert failing.returncode == 1 and "failed" in failing.stderr
     assert "missing.jsonl: no such file" in failing.stdout
+
+
+def test_submit_from_another_folder_sends_the_project_and_no_secrets(local_head, msmarco, tmp_path):
+    address, env, temp_dir = local_head
+    marker = f"secret-{uuid.uuid4().hex}"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / ".env").write_text(f"API_TOKEN={marker}\n")
+    (elsewhere / "id_rsa").write_text(f"-----BEGIN OPENSSH PRIVATE KEY-----\n{marker}\n")
+    env = dict(env, PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]))
+    completed = subprocess.run(
+        [sys.executable, "-m", "rerank_ray.cli", "submit", "--address", address, "--",
+         "run", "--dataset", str(msmarco / "dev.jsonl"), "--corpus-rows", "20", "--num-queries", "3",
+         "--embedder", "minilm", "--reranker", "none", "--top-k", "5", "-q",
+         "--cache-dir", str(tmp_path / "cache"), "--out", "out"],
+        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
+    assert "succeeded" in completed.stderr
+    assert json.loads((elsewhere / "out" / "metrics.json").read_text())  # --out relative to cwd
+    job_id = completed.stderr.split("submitted job ", 1)[1].split()[0]
+    info = subprocess.run(
+        [sys.executable, "-c", "import sys; from ray.job_submission import JobSubmissionClient as C;"
+         " print(C(sys.argv[1]).get_job_info(sys.argv[2]).runtime_env['working_dir'])",
+         address, job_id],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    uri = info.stdout.strip()
+    assert info.returncode == 0 and uri.startswith("gcs://_ray_pkg_"), info.stderr[-2000:]
+    # The head unpacked the job's package under its --temp-dir.
+    unpacked = [
+        p for p in temp_dir.rglob(uri.removeprefix("gcs://").removesuffix(".zip")) if p.is_dir()
+    ]
+    assert unpacked, f"{uri} not unpacked under {temp_dir}"
+    for package in unpacked:
+        files = [p for p in package.rglob("*") if p.is_file()]
+        names = {p.relative_to(package).as_posix() for p in files}
+        assert "jobs/pipeline.py" in names and "rerank_ray/submit.py" in names
+        assert not {".env", "id_rsa"} & {Path(name).name for name in names}
+        assert _files_holding(package, marker.encode()) == []
+    # Nothing the head keeps (packages, logs) holds the secret.
+    assert _files_holding(temp_dir, marker.encode()) == []
+
+
+def _files_holding(folder: Path, needle: bytes) -> list[Path]:
+    """Regular files under ``folder`` whose bytes contain ``needle`` (files that vanish: skipped)."""
+    found = []
+    for path in folder.rglob("*"):
+        try:
+            if path.is_file() and not path.is_symlink() and needle in path.read_bytes():
+                found.append(path)
+        except OSError:
+            continue
+    return found
 
 
 def test_simulated_gpu_nodes_get_one_actor_each_and_match_the_cpu_run(
