@@ -248,7 +248,8 @@ class Pipeline:
         resources = plan_resources(
             self.config.compute.num_actors, self.config.compute.num_gpus_per_actor
         )
-        cache = EmbeddingCache(self.config.cache_dir or default_cache_dir())
+        cache_dir = self.config.cache_dir or default_cache_dir()
+        cache = EmbeddingCache.usable(cache_dir) if self.config.use_cache else None
         dtype = "float16" if resources.num_gpus_per_actor else "float32"
         roles = (
             ("corpus", prepared.corpus_path, prepared.corpus_hash,
@@ -267,7 +268,9 @@ class Pipeline:
                 )
                 role_started = time.perf_counter()
                 cached = (
-                    cache.lookup(keys[role]) if self.config.use_cache and content_hash else None
+                    cache.lookup(keys[role], getattr(prepared, "num_" + role))
+                    if cache and content_hash and not supplied
+                    else None
                 )
                 if supplied:
                     log.info("stage embed: %s from %s", role, supplied)
@@ -298,7 +301,7 @@ class Pipeline:
                     content_hash = getattr(
                         prepared, ("corpus" if role == "corpus" else "queries") + "_hash"
                     )
-                    if self.config.use_cache and content_hash:
+                    if cache and content_hash:
                         parts[role]["cached_at"] = cache.store(keys[role], to_compute[role][1])
             for role in parts:
                 parts[role]["cache_key"] = keys[role]
