@@ -168,16 +168,18 @@ def atomic_path(final_path: str) -> Iterator[str]:
 
 def copy_tree(source: str, target: str) -> None:
     """Copy the visible files of directory ``source`` into a new directory ``target``, across
-    filesystems too (local to object store and back); local to local hard-links if it can."""
+    filesystems too (local to object store and back).
+
+    The target's files are always its own: local to local, each file is a reflink (its
+    blocks shared copy-on-write, where the filesystem supports it) or a byte copy, never a
+    hard link, so changing or truncating a source file later leaves the copy as it was.
+    """
     if not is_uri(source) and not is_uri(target):
         os.makedirs(target)
         for name in sorted(os.listdir(source)):
-            if name.startswith("."):
-                continue
-            try:
-                os.link(os.path.join(source, name), os.path.join(target, name))
-            except OSError:  # another filesystem, or links not allowed
-                shutil.copy2(os.path.join(source, name), os.path.join(target, name))
+            path = os.path.join(source, name)
+            if not name.startswith(".") and os.path.isfile(path):
+                _copy_file(path, os.path.join(target, name))
         return
     source_fs, source_inner = resolve(source)
     target_fs, target_inner = resolve(target)
@@ -191,6 +193,36 @@ def copy_tree(source: str, target: str) -> None:
                 source_filesystem=source_fs,
                 destination_filesystem=target_fs,
             )
+
+
+#: ``ioctl`` request cloning a whole file's extents (Linux ``FICLONE``: Btrfs, XFS, ...).
+_FICLONE = 0x40049409
+
+
+def _copy_file(source: str, target: str) -> None:
+    """Copy local file ``source`` to a new local file ``target`` (which must not exist).
+
+    In order of preference: a reflink (``FICLONE``), the kernel's ``copy_file_range``, a
+    byte copy. None of them links: ``target`` is a new inode whatever happens to ``source``.
+    """
+    with open(source, "rb") as reader, open(target, "xb") as writer:
+        try:
+            import fcntl
+
+            fcntl.ioctl(writer.fileno(), _FICLONE, reader.fileno())
+            return
+        except (ImportError, OSError):  # no reflinks here: copy the bytes
+            pass
+        if hasattr(os, "copy_file_range"):
+            try:
+                while os.copy_file_range(reader.fileno(), writer.fileno(), 1 << 30):
+                    pass
+                return
+            except OSError:  # not across these filesystems: start again, in user space
+                reader.seek(0)
+                writer.seek(0)
+                writer.truncate()
+        shutil.copyfileobj(reader, writer, 1 << 20)
 
 
 def open_output(path: str):

@@ -329,7 +329,8 @@ class Pipeline:
         self.manifest["models"]["embedder"] = {**embedder.to_dict(), "options": options.__dict__}
         connect_ray(self.config.compute.address)
         resources = self._plan_pool()
-        cache = EmbeddingCache(self.config.cache_dir or default_cache_dir())
+        cache_dir = self.config.cache_dir or default_cache_dir()
+        cache = EmbeddingCache.usable(cache_dir) if self.config.use_cache else None
         dtype = compute_precision(resources.device)
         roles = (
             ("corpus", prepared.corpus_path, prepared.corpus_hash,
@@ -348,7 +349,9 @@ class Pipeline:
                 )
                 role_started = time.perf_counter()
                 cached = (
-                    cache.lookup(keys[role]) if self.config.use_cache and content_hash else None
+                    cache.lookup(keys[role], getattr(prepared, "num_" + role))
+                    if cache and content_hash and not supplied
+                    else None
                 )
                 if supplied:
                     log.info("stage embed: %s from %s", role, supplied)
@@ -379,7 +382,7 @@ class Pipeline:
                     content_hash = getattr(
                         prepared, ("corpus" if role == "corpus" else "queries") + "_hash"
                     )
-                    if self.config.use_cache and content_hash:
+                    if cache and content_hash:
                         parts[role]["cached_at"] = cache.store(keys[role], to_compute[role][1])
             for role in parts:
                 parts[role]["cache_key"] = keys[role]
