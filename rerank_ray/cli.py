@@ -297,15 +297,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_from_args(args)
         from rerank_ray.pipeline import Pipeline
 
-        pipeline = Pipeline(config)
         metrics = None
-        if args.command == "run":
-            metrics = pipeline.run_all(resume=not getattr(args, "force", False))
-        else:
-            for stage in STAGE_COMMANDS[args.command]:
-                result = getattr(pipeline, stage)()
-                if stage == "evaluate":
-                    metrics = result
+        with Pipeline(config) as pipeline:  # holds the run directory until the stages end
+            if args.command == "run":
+                metrics = pipeline.run_all(resume=not getattr(args, "force", False))
+            else:
+                for stage in STAGE_COMMANDS[args.command]:
+                    result = getattr(pipeline, stage)()
+                    if stage == "evaluate":
+                        metrics = result
         if metrics is not None:
             _print_summary(config, metrics)
         else:

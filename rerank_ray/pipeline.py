@@ -13,7 +13,9 @@ A run directory is the contract between stages::
       report.md, report.png
 
 Each stage reads only what earlier stages wrote there, and publishes its own output
-atomically, so any stage can be re-run alone.
+atomically, so any stage can be re-run alone. A :class:`Pipeline` owns its run directory
+while it exists (one writer, never a folder that is not a run directory): see
+:mod:`rerank_ray.rundir`.
 
 Example:
     >>> from rerank_ray.config import RunConfig
@@ -36,17 +38,9 @@ from importlib import metadata
 from rerank_ray.config import RunConfig
 from rerank_ray.datasets import PreparedData, is_local_source, prepare_data, read_qrels
 from rerank_ray.errors import ConfigError
-from rerank_ray.io import (
-    absolute,
-    content_fingerprint,
-    discard,
-    exists,
-    join,
-    makedirs,
-    read_json,
-    write_json,
-)
+from rerank_ray.io import content_fingerprint, discard, exists, makedirs, write_json
 from rerank_ray.keys import compute_precision, digest, score_options, vector_options
+from rerank_ray.rundir import RunDirectory
 
 log = logging.getLogger("rerank_ray")
 
@@ -61,44 +55,6 @@ VERSIONED_PACKAGES = (
     "pyarrow",
     "numpy",
 )
-
-
-class RunDirectory:
-    """Paths inside a run directory, and its manifest.
-
-    The root is a local directory or a URI (``s3://bucket/runs/seed``): see
-    :mod:`rerank_ray.io`. On an object store the manifest is the commit point of each stage.
-    """
-
-    def __init__(self, root: str | os.PathLike):
-        self.root = absolute(root)
-
-    def _at(*names: str) -> property:
-        return property(lambda self: join(self.root, *names))
-
-    data_dir = _at("data")
-    corpus_embeddings_dir = _at("embeddings", "corpus")
-    query_embeddings_dir = _at("embeddings", "queries")
-    retrieval_path = _at("retrieval.parquet")
-    rerank_path = _at("rerank.parquet")
-    plot_path = _at("report.png")
-    metrics_path = _at("metrics.json")
-    report_path = _at("report.md")
-    manifest_path = _at("manifest.json")
-    del _at
-
-    def read_manifest(self) -> dict:
-        if not exists(self.manifest_path):
-            return {}
-        return read_json(self.manifest_path)
-
-    def write_manifest(self, manifest: dict) -> None:
-        makedirs(self.root)
-        write_json(self.manifest_path, manifest)
-
-    def require(self, path: str, stage: str) -> None:
-        if not exists(path):
-            raise ConfigError(f"{path}: missing; run the '{stage}' stage first")
 
 
 def library_versions() -> dict[str, str]:
@@ -128,17 +84,41 @@ def connect_ray(address: str | None) -> None:
 
 
 class Pipeline:
-    """Runs stages of one run directory in order and keeps its manifest up to date."""
+    """Runs stages of one run directory in order and keeps its manifest up to date.
+
+    Constructing one claims the run directory (:meth:`RunDirectory.claim`) before anything
+    else: a folder that is not a run directory, or one another run holds, is refused with a
+    :class:`ConfigError` and left as it was. The claim lasts until :meth:`close`; use the
+    pipeline as a context manager::
+
+        with Pipeline(config) as pipeline:
+            pipeline.run_all()
+    """
 
     def __init__(self, config: RunConfig):
         self.config = config
         self.run = RunDirectory(config.out)
-        self.manifest = self.run.read_manifest()
+        self._lock = self.run.claim()
+        try:
+            self.manifest = self.run.read_manifest()
+        except BaseException:
+            self._lock.release()
+            raise
         self.manifest["config"] = config.to_dict()
         self.manifest.setdefault("models", {})
         self.manifest.setdefault("stages", {})
         self.manifest["versions"] = library_versions()
         self._models: dict = {}
+
+    def close(self) -> None:
+        """Release the run directory (idempotent); the pipeline writes nothing afterwards."""
+        self._lock.release()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ helpers
 
@@ -162,7 +142,13 @@ class Pipeline:
         }[stage]
 
     def _invalidate_after(self, stage: str) -> None:
-        """Remove what later stages wrote: it was computed from what this stage replaces."""
+        """Remove what later stages wrote: it was computed from what this stage replaces.
+
+        Only the run's own output paths (:meth:`_outputs`), and only while this pipeline
+        holds the claim that proved the directory a run directory.
+        """
+        if not self._lock.held:
+            raise RuntimeError(f"{self.run.root}: the pipeline is closed; it removes nothing")
         for later in STAGES[STAGES.index(stage) + 1 :]:
             for path in self._outputs(later):
                 discard(path)
@@ -526,7 +512,8 @@ def run_pipeline(config: RunConfig, resume: bool = True) -> dict:
     With ``resume``, stages already completed in ``config.out`` with the same options are
     skipped.
     """
-    return Pipeline(config).run_all(resume=resume)
+    with Pipeline(config) as pipeline:
+        return pipeline.run_all(resume=resume)
 
 
 def load_config(run_dir: str) -> RunConfig | None:
