@@ -228,6 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submit.add_argument("--no-wait", dest="wait", action="store_false", help="submit and return")
     submit.add_argument("job", nargs=argparse.REMAINDER, help="-- COMMAND [options]")
+    commands.add_parser(
+        "cleanup",
+        help="stop Ray processes left by local runs whose process was killed",
+        description="Stop the Ray processes (agents, workers) that a local run's private Ray left"
+        " running after the run was killed (e.g. SIGKILL); only processes recorded by such runs"
+        " are stopped. Every local run does this too when it starts.",
+    )
     return parser
 
 
@@ -271,6 +278,16 @@ def _submit(args: argparse.Namespace) -> int:
     return submit(args.address, job, working_dir=args.working_dir, wait=args.wait)
 
 
+def _cleanup() -> int:
+    from rerank_ray.local_ray import stop_orphans
+
+    stopped = stop_orphans()
+    for entry in stopped:
+        print(f"stopped pid {entry['pid']} ({entry['name']}) of {entry['session_dir']}")
+    print(f"cleanup: stopped {len(stopped)} process(es) left by killed local runs")
+    return 0
+
+
 def _user_error_in(error: BaseException) -> UserError | None:
     """The :class:`UserError` behind ``error``, also when a Ray task raised it remotely."""
     seen = set()
@@ -294,6 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "submit":
             return _submit(args)
+        if args.command == "cleanup":
+            return _cleanup()
         config = config_from_args(args)
         from rerank_ray.pipeline import Pipeline
 

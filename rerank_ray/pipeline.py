@@ -68,7 +68,8 @@ def library_versions() -> dict[str, str]:
 
 
 def connect_ray(address: str | None) -> None:
-    """Join the Ray cluster at ``address`` (or the job's), or start a private local one."""
+    """Join the Ray cluster at ``address`` (or the job's), or start a private local one
+    (:func:`rerank_ray.local_ray.start_local_ray`: loopback only)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
@@ -79,8 +80,10 @@ def connect_ray(address: str | None) -> None:
     elif os.environ.get("RAY_ADDRESS"):
         ray.init(logging_level=logging.WARNING)  # inside `ray job submit`: the job's cluster
     else:
-        # A private Ray of this process, never a cluster recorded under /tmp/ray.
-        ray.init(address="local", logging_level=logging.WARNING, include_dashboard=False)
+        # A private Ray of this process on loopback, never a cluster recorded under /tmp/ray.
+        from rerank_ray.local_ray import start_local_ray
+
+        start_local_ray(logging_level=logging.WARNING)
 
 
 class Pipeline:

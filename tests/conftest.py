@@ -48,11 +48,13 @@ def s3_endpoint() -> str:
 
 @pytest.fixture(scope="session")
 def ray_session(s3_endpoint):
-    """One local Ray for the whole session: starting it costs ~5 s."""
+    """One local Ray for the whole session, on loopback as a run's: starting it costs ~5 s."""
     import ray
 
+    from rerank_ray.local_ray import start_local_ray
+
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        start_local_ray(num_cpus=2, logging_level="WARNING")
     yield ray
     ray.shutdown()
 
