@@ -39,7 +39,7 @@ def main() -> None:
 
     from rerank_ray.config import ComputeConfig, RunConfig
     from rerank_ray.datasets import DataConfig
-    from rerank_ray.pipeline import Pipeline, run_pipeline
+    from rerank_ray.pipeline import RunDirectory, run_pipeline
     from rerank_ray.rerank import RerankOptions
 
     ray.init(address="local", include_dashboard=False, logging_level="WARNING")
@@ -67,7 +67,7 @@ def main() -> None:
         started = time.perf_counter()
         metrics[name] = run_pipeline(config)
         wall = time.perf_counter() - started
-        stages = Pipeline(config).manifest["stages"]
+        stages = RunDirectory(config.out).read_manifest()["stages"]
         results.append(
             {
                 "run": name,

@@ -36,7 +36,7 @@ def _validate(config: dict) -> None:
 
 
 def test_cluster_yaml_passes_rays_schema_check():
-    config = yaml.safe_load((REPO / "cluster" / "cluster.yaml").read_text())
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
     _validate(config)
     assert config["docker"]["image"].startswith("rayproject/ray:2.60.0")
     assert any("--dashboard-host=127.0.0.1" in c for c in config["head_start_ray_commands"])
@@ -47,6 +47,9 @@ def test_cluster_yaml_passes_rays_schema_check():
         "g5.xlarge",
         "p4d.24xlarge",
     }
+    # GPU node types start at zero and declare their GPUs, which the device policy reads.
+    assert {w["min_workers"] for w in workers.values()} == {0}
+    assert {w["resources"]["GPU"] for w in workers.values()} == {1, 8}
     broken = copy.deepcopy(config)
     broken["available_node_types"]["gpu_1x"]["max_wokers"] = 2  # a typo the schema must catch
     with pytest.raises(Exception, match="max_wokers"):
