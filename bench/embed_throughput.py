@@ -134,8 +134,9 @@ def main() -> None:
 
 def stage_alone(args, path: str) -> None:
     """Part 2: one bare encode call against the embedding stage, in this process."""
-    from rerank_ray.embed import embed_table, embedding_matrix, plan_resources
+    from rerank_ray.embed import embed_table, embedding_matrix
     from rerank_ray.models import EmbedderOptions
+    from rerank_ray.pool import plan_resources
 
     texts = unique_passages(args.passages)
     options = EmbedderOptions().resolved(path)
@@ -159,7 +160,7 @@ def stage_alone(args, path: str) -> None:
 
     with timer(times, "ray_init"):
         ray.init(address="local", include_dashboard=False, logging_level="WARNING")
-    resources = plan_resources(None)
+    resources = plan_resources()
     with tempfile.TemporaryDirectory() as tmp:
         corpus = os.path.join(tmp, "corpus.parquet")
         pq.write_table(

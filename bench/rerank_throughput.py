@@ -34,8 +34,8 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-    from rerank_ray.embed import plan_resources
     from rerank_ray.models import RERANKER_ALIASES, resolve_model_path
+    from rerank_ray.pool import plan_resources
     from rerank_ray.rerank import RerankOptions, rerank_candidates
 
     rows = msmarco_rows(args.queries + args.depth)
@@ -62,7 +62,7 @@ def main() -> None:
 
     with timer(times, "ray_init"):
         ray.init(address="local", include_dashboard=False, logging_level="WARNING")
-    resources = plan_resources(args.actors)
+    resources = plan_resources(num_actors=args.actors)
     with tempfile.TemporaryDirectory() as tmp:
         paths = {
             name: os.path.join(tmp, f"{name}.parquet")

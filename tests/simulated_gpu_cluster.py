@@ -22,8 +22,9 @@ def main(corpus_path: str, out_dir: str, result_path: str) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
-    from rerank_ray.embed import embed_table, plan_resources
+    from rerank_ray.embed import embed_table
     from rerank_ray.models import EmbedderOptions, resolve_model_path
+    from rerank_ray.pool import plan_resources
     from rerank_ray.search import exact_search
 
     cluster = Cluster(
@@ -33,7 +34,7 @@ def main(corpus_path: str, out_dir: str, result_path: str) -> None:
     worker_nodes = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
     ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
     try:
-        resources = plan_resources()
+        resources = plan_resources(num_actors=2)  # a fixed pool: one actor per declared GPU
         options = EmbedderOptions().resolved(resolve_model_path("minilm"))
         stats = embed_table(
             corpus_path, out_dir, "corpus", "minilm", options, resources, rows_per_call=32

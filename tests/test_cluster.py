@@ -311,7 +311,8 @@ def test_simulated_gpu_nodes_get_one_actor_each_and_match_the_cpu_run(
     result = json.loads(result_path.read_text())
     resources = result["stats"]["resources"]
     assert (
-        resources["actors"] == 2 and resources["num_gpus_per_actor"] == 1.0
+        resources["min_actors"] == resources["max_actors"] == 2
+        and resources["num_gpus_per_actor"] == 1.0
     )  # one per declared GPU
     assert resources["actors_started"] == 2 and resources["nodes"] == 2  # on the two GPU nodes
     assert resources["devices"] == ["cpu"]  # CUDA absent: torch chose the CPU

@@ -132,7 +132,7 @@ def test_run_directory_contract(seed_run):
     assert manifest["data"]["corpus"]["rows"] == 400 and manifest["data"]["queries"]["rows"] == 60
     for stage in ("prepare", "embed", "retrieve", "rerank", "evaluate"):
         assert manifest["stages"][stage]["wall_seconds"] > 0
-    assert manifest["stages"]["embed"]["resources"]["actors"] == 1
+    assert manifest["stages"]["embed"]["resources"]["max_actors"] == 1
     assert manifest["stages"]["embed"]["resources"]["num_gpus_per_actor"] == 0
     for role, rows in (("corpus", 400), ("queries", 60)):  # one pool, one actor, both roles
         part = manifest["stages"]["embed"][role]
