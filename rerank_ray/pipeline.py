@@ -214,7 +214,7 @@ class Pipeline:
         try:
             known[path] = content_fingerprint(path, known.get(path))
         except FileNotFoundError:
-            raise ConfigError(f"{path}: no such file or directory") from None
+            raise ConfigError(f"{path}: no such file") from None
         return known[path]["sha256"]
 
     def _source_hashes(self) -> dict:
