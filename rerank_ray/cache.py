@@ -275,6 +275,34 @@ def pc_list_lengths(column: pa.Array) -> np.ndarray:
     return pc.list_value_length(column).to_numpy(zero_copy_only=False)
 
 
+def _supplied_schema(path: str, id_column: str) -> pa.Schema:
+    """A supplied file's schema, which must have ``id_column`` and ``embedding``."""
+    schema = parquet_schema(path)
+    for column in (id_column, "embedding"):
+        if column not in schema.names:
+            raise DataError(f"{path}: missing column '{column}' (has {', '.join(schema.names)})")
+    return schema
+
+
+def supplied_dimension(source: str, id_column: str) -> int:
+    """Check that supplied embeddings can be imported and return their dimension, reading
+    only Parquet footers and the first vector: run before any work, so that a file that is
+    not Parquet, lacks a column or has no rows is refused in one line at once.
+
+    Raises:
+        DataError: naming the file.
+    """
+    for path in _embedding_files(source):
+        schema = _supplied_schema(path, id_column)
+        kind = schema.field("embedding").type
+        if pa.types.is_fixed_size_list(kind):
+            return kind.list_size
+        for batch in iter_parquet_batches(path, columns=["embedding"], batch_size=1):
+            if batch.num_rows:
+                return _vectors(batch.column("embedding"), path).shape[1]
+    raise DataError(f"{source}: no embeddings (no rows)")
+
+
 def import_embeddings(
     source: str, table_path: str, id_column: str, target_dir: str, storage: str = "float32"
 ) -> int:
@@ -329,10 +357,7 @@ def _import_file(
     path: str, id_column: str, out: str, storage: str, dimension: int | None
 ) -> tuple[int, int | None]:
     """Check and convert one supplied file, batch by batch; returns (rows, dimension)."""
-    names = parquet_schema(path).names
-    for column in (id_column, "embedding"):
-        if column not in names:
-            raise DataError(f"{path}: missing column '{column}' (has {', '.join(names)})")
+    _supplied_schema(path, id_column)
     row = 0
     writer = None
     for batch in iter_parquet_batches(path, columns=[id_column, "embedding"]):

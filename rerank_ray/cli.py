@@ -254,6 +254,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def _print_summary(config: RunConfig, metrics: dict) -> None:
+    from rerank_ray.metrics import DEFAULT_METRICS, depth_note, within_depth
     from rerank_ray.models import SMOKE_WARNING, is_smoke_model
     from rerank_ray.pipeline import RunDirectory
     from rerank_ray.report import metrics_table
@@ -262,6 +263,9 @@ def _print_summary(config: RunConfig, metrics: dict) -> None:
     print()
     print(f"embedder: {config.embedder}   reranker: {config.reranker}   top-k: {config.top_k}")
     print(metrics_table(metrics))
+    _, deeper = within_depth(DEFAULT_METRICS, config.top_k)
+    if deeper:
+        print(f"NOTE: {depth_note(deeper, config.top_k)}")
     if config.reranks and is_smoke_model(config.reranker):
         print(f"NOTE: {SMOKE_WARNING}; the rerank row shows the machinery, not a result.")
     print(f"report: {run.report_path}")

@@ -33,6 +33,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from rerank_ray.errors import DataError
+
 LOCAL = pafs.LocalFileSystem()
 
 
@@ -284,9 +286,17 @@ def parquet_rows(path: str) -> int:
 
 
 def parquet_schema(path: str) -> pa.Schema:
-    """The schema of a Parquet file, from its footer."""
+    """The schema of a Parquet file, from its footer.
+
+    Raises:
+        DataError: one line, when ``path`` is not a Parquet file.
+    """
     filesystem, inner = resolve(path)
-    return pq.read_schema(inner, filesystem=filesystem)
+    try:
+        return pq.read_schema(inner, filesystem=filesystem)
+    except pa.ArrowInvalid as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable"
+        raise DataError(f"{path}: not a Parquet file ({reason})") from None
 
 
 def iter_parquet_batches(

@@ -92,6 +92,34 @@ def parse_metric(name: str) -> tuple[str, int]:
     return base, int(cutoff)
 
 
+def within_depth(names: Sequence[str], depth: int) -> tuple[list[str], list[str]]:
+    """Split metric names into those a ranking of ``depth`` passages per query can measure
+    and those it cannot (a cutoff deeper than the ranking would report the top ``depth``
+    under a deeper name).
+
+    Example:
+        >>> within_depth(["recall@10", "recall@100", "mrr@10"], 20)
+        (['recall@10', 'mrr@10'], ['recall@100'])
+    """
+    kept = [name for name in names if parse_metric(name)[1] <= depth]
+    return kept, [name for name in names if name not in kept]
+
+
+def depth_note(dropped: Sequence[str], depth: int) -> str:
+    """The sentence saying which metrics are not reported and why ('' when none).
+
+    Example:
+        >>> depth_note(["recall@100"], 20)
+        'recall@100 not reported: only the top 20 passages were retrieved per query.'
+    """
+    if not dropped:
+        return ""
+    return (
+        f"{', '.join(dropped)} not reported: only the top {depth} passages were retrieved"
+        " per query."
+    )
+
+
 @dataclass(frozen=True)
 class Evaluation:
     """Averaged metrics, and which queries they were averaged over."""

@@ -140,10 +140,42 @@ def weights_fingerprint(path: str) -> str:
     return _FINGERPRINTS[memo]
 
 
+#: Files of which a model directory needs at least one to build its tokenizer: a fast
+#: tokenizer, a WordPiece vocabulary, a SentencePiece model or a BPE vocabulary.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json")
+
+
+def check_model_dir(path: str) -> None:
+    """Refuse (one line) a model directory that cannot be loaded: no ``config.json``, no
+    tokenizer files, no weights. Checked when a model is resolved, before any work."""
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise ConfigError(f"{path}: no config.json in the model directory")
+    names = os.listdir(path)
+    if not any(n in TOKENIZER_FILES or n.endswith(".model") for n in names):
+        raise ConfigError(
+            f"{path}: no tokenizer in the model directory (tokenizer.json, vocab.txt,"
+            " vocab.json or a SentencePiece *.model)"
+        )
+
+
+def model_dimension(path: str) -> int | None:
+    """The size of the vectors a model's pooling returns (its ``hidden_size``), if stated."""
+    config = _read_json(os.path.join(path, "config.json")) or {}
+    size = config.get("hidden_size") or config.get("d_model")
+    return int(size) if size else None
+
+
 def resolve_model(name: str, aliases: dict | None = None) -> ResolvedModel:
-    """Resolve a model name to a :class:`ResolvedModel` with a local path and fingerprint."""
+    """Resolve a model name to a :class:`ResolvedModel` with a local path and fingerprint.
+
+    Raises:
+        ConfigError: one line, for an unknown name, a model that cannot be fetched, or a
+            directory without weights, config or tokenizer.
+    """
     path = resolve_model_path(name, aliases)
-    return ResolvedModel(name=name, path=path, fingerprint=weights_fingerprint(path))
+    fingerprint = weights_fingerprint(path)
+    check_model_dir(path)
+    return ResolvedModel(name=name, path=path, fingerprint=fingerprint)
 
 
 def _read_json(path: str) -> dict | None:

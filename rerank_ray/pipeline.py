@@ -314,6 +314,7 @@ class Pipeline:
 
         prepared = self._prepared()
         embedder = self._model("embedder")
+        self.check_supplied()
         options = self._embedding_options()
         self.manifest["models"]["embedder"] = {**embedder.to_dict(), "options": options.__dict__}
         connect_ray(self.config.compute.address)
@@ -444,7 +445,7 @@ class Pipeline:
 
     def evaluate(self) -> dict:
         """Metrics of each stage's rankings; writes metrics.json, report.md and report.png."""
-        from rerank_ray.metrics import evaluate
+        from rerank_ray.metrics import DEFAULT_METRICS, evaluate, within_depth
         from rerank_ray.models import SMOKE_WARNING, is_smoke_model
         from rerank_ray.report import compare_stages, write_plot, write_report
         from rerank_ray.rerank import reranked_rankings
@@ -457,6 +458,7 @@ class Pipeline:
             raise ConfigError(f"{self.run.rerank_path}: missing; run the 'rerank' stage first")
         result: dict = {}
         rankings: dict = {}
+        names, deeper = within_depth(DEFAULT_METRICS, self.config.top_k)
 
         def work() -> dict:
             qrels = read_qrels(prepared.qrels_path)
@@ -465,10 +467,12 @@ class Pipeline:
                 rankings["rerank"] = reranked_rankings(self.run.rerank_path, rankings["retrieval"])
             stats: dict = {}
             for stage, ranking in rankings.items():
-                evaluation = evaluate(ranking, qrels)
+                evaluation = evaluate(ranking, qrels, names)
                 result[stage] = evaluation.metrics
                 stats["evaluated_queries"] = evaluation.evaluated_queries
                 stats["queries_without_relevant"] = evaluation.queries_without_relevant
+            if deeper:
+                stats["not_reported"] = deeper  # deeper than the rankings
             if reranked:
                 stats["rerank_effect"] = compare_stages(
                     rankings["retrieval"], rankings["rerank"], qrels
@@ -488,6 +492,46 @@ class Pipeline:
         write_report(self.run.report_path, result, self.manifest)
         return result
 
+    def check_inputs(self) -> None:
+        """Refuse, in one line and before Ray starts or any stage runs, what can be checked
+        without them: the sources, the models (resolved: names, folders with weights, config
+        and tokenizer) and supplied vectors (:meth:`check_supplied`)."""
+        self.config.data.validate()
+        self._model("embedder")
+        if self.config.reranks:
+            self._model("reranker")
+        self.check_supplied()
+
+    def check_supplied(self) -> None:
+        """Supplied vectors are Parquet with an id column and ``embedding``, and share one
+        dimension with each other or, where one role is computed, with the embedder's."""
+        from rerank_ray.cache import supplied_dimension
+        from rerank_ray.errors import DataError
+        from rerank_ray.models import model_dimension
+
+        config = self.config
+        supplied = [
+            (path, supplied_dimension(path, id_column), f"the {role} embeddings in {path}")
+            for role, id_column, path in (
+                ("corpus", "pid", config.corpus_embeddings),
+                ("query", "qid", config.query_embeddings),
+            )
+            if path
+        ]
+        if len(supplied) == 1:
+            computed = model_dimension(self._model("embedder").path)
+            if computed:
+                other = "query" if config.corpus_embeddings else "corpus"
+                supplied.append(
+                    (None, computed, f"the {other} vectors of the embedder {config.embedder}")
+                )
+        if len(supplied) == 2 and supplied[0][1] != supplied[1][1]:
+            (path, dimension, _), (_, other_dimension, other) = supplied
+            raise DataError(
+                f"{path}: {dimension}-dimensional embeddings, but {other} have"
+                f" {other_dimension} dimensions"
+            )
+
     def run_all(self, resume: bool = True) -> dict:
         """prepare → embed → retrieve → rerank → evaluate; returns the metrics.
 
@@ -495,6 +539,7 @@ class Pipeline:
         manifest, its output in place) is skipped: re-running an interrupted command redoes
         only the unfinished stage and those after it.
         """
+        self.check_inputs()
         compute = self.config.compute
         if compute.device == "cuda" or compute.num_gpus_per_actor:
             from rerank_ray.pool import cluster_gpus, decide_device

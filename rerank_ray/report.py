@@ -5,7 +5,13 @@ from __future__ import annotations
 import io
 
 from rerank_ray.io import read_table, write_bytes, write_text
-from rerank_ray.metrics import DEFAULT_METRICS, parse_metric, recall_at_k, reciprocal_rank_at_k
+from rerank_ray.metrics import (
+    DEFAULT_METRICS,
+    depth_note,
+    parse_metric,
+    recall_at_k,
+    reciprocal_rank_at_k,
+)
 
 SMOKE_MODELS = ("minilm-smoke",)
 SMOKE_NOTE = (
@@ -101,6 +107,8 @@ def render_report(metrics: dict, manifest: dict) -> str:
         note = rerank_depth_note(depth, list(metrics["rerank"]))
         lines += [note, "", "![recall@k and score distributions](report.png)", ""]
     evaluation = manifest.get("stages", {}).get("evaluate", {})
+    if evaluation.get("not_reported"):
+        lines += [depth_note(evaluation["not_reported"], config.get("top_k")), ""]
     if evaluation:
         lines.append(
             f"Averaged over {evaluation.get('evaluated_queries')} queries with at least one"
