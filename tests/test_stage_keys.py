@@ -65,3 +65,82 @@ def test_weights_changed_in_place_re_embed_and_a_batch_size_does_not(
     third = json.loads((out / "manifest.json").read_text())
     assert third["stages"]["embed"] == second["stages"]["embed"]
     assert third["stages"]["retrieve"] == second["stages"]["retrieve"]
+
+
+def _manifest(run) -> dict:
+    return json.loads((run / "manifest.json").read_text())
+
+
+def test_edits_in_place_are_seen_and_stale_or_relabelled_outputs_are_refused(
+    ray_session, msmarco, minilm_path, tmp_path, capsys, monkeypatch
+):
+    """A source edited in place is read again; `evaluate` refuses a rerank output left by an
+    interrupted rerank with other options, and one computed with another reranker; supplied
+    vectors fixed in place are imported again."""
+    rows = (msmarco / "dev.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)[:20]
+    dataset = tmp_path / "dev.jsonl"
+    dataset.write_text("".join(rows), encoding="utf-8")
+    out = tmp_path / "run"
+    command = [
+        "run", "--dataset", str(dataset), "--corpus-rows", "20", "--num-queries", "3",
+        "--embedder", "minilm", "--reranker", "minilm-smoke", "--rerank-top-k", "3",
+        "--top-k", "5", "--no-cache", "--out", str(out), "-q",
+    ]  # fmt: skip
+    assert main(command) == 0
+    first = _manifest(out)
+
+    # The first query edited in place: same path, other content.
+    row = json.loads(rows[0])
+    row["query"] = "which volcano erupted in 1883"
+    rows[0] = json.dumps(row) + "\n"
+    dataset.write_text("".join(rows), encoding="utf-8")
+    assert main(command) == 0
+    second = _manifest(out)
+    assert second["stages"]["prepare"]["key"] != first["stages"]["prepare"]["key"]
+    queries = pq.read_table(out / "data" / "queries.parquet").to_pylist()
+    edited = [q["qid"] for q in queries if q["text"] == row["query"]]
+    assert len(edited) == 1
+    stored = pq.read_table(out / "embeddings" / "queries").to_pylist()
+    vector = np.array([r["embedding"] for r in stored if r["qid"] == edited[0]][0])
+    bare = Embedder(minilm_path, EmbedderOptions(), device="cpu").flag_model
+    expected = bare.encode_queries([row["query"]], convert_to_numpy=True)[0]
+    assert float(vector @ expected) > 1 - 1e-5  # the edited text's vector, not the old one
+
+    # A rerank with another depth, interrupted: evaluate refuses the old depth's output.
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("rerank_ray.rerank.rerank_candidates", interrupted)
+    assert main(["rerank", "--run", str(out), "--rerank-top-k", "2", "-q"]) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(out), "-q"]) == 2
+    refusal = "the rerank stage's output is missing or was computed with other inputs or options"
+    assert refusal in capsys.readouterr().err
+    assert not (out / "metrics.json").exists()  # no finished-looking result is left
+    assert main(["rerank", "--run", str(out), "--rerank-top-k", "2", "-q"]) == 0
+    assert _manifest(out)["stages"]["rerank"]["rows"] == 3 * 2
+    metrics = (out / "metrics.json").read_text()
+
+    # Evaluating it as another reranker's (a real model folder, other weights): refused.
+    other = tmp_path / "other-reranker"
+    shutil.copytree(_manifest(out)["models"]["reranker"]["path"], other)
+    weights = other / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(out), "--reranker", str(other), "-q"]) == 2
+    assert refusal in capsys.readouterr().err
+    assert (out / "metrics.json").read_text() == metrics
+
+    # Supplied vectors missing a passage, then fixed in place: imported again.
+    table = pq.read_table(out / "embeddings" / "corpus")
+    supplied = tmp_path / "corpus.parquet"
+    pq.write_table(table.slice(1), supplied)
+    byo = [*command[: command.index("--out")], "--out", str(tmp_path / "byo"), "-q"]
+    byo += ["--corpus-embeddings", str(supplied)]
+    assert main(byo) == 2
+    assert "have no embedding" in capsys.readouterr().err
+    pq.write_table(table, supplied)
+    assert main(byo) == 0
+    fixed = json.loads((tmp_path / "byo" / "metrics.json").read_text())
+    assert fixed["retrieval"] == json.loads(metrics)["retrieval"]
