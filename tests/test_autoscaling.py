@@ -182,3 +182,58 @@ def test_device_cuda_on_a_cluster_that_can_never_have_a_gpu_fails_in_one_line(tm
     ], completed.stderr[-2000:]
     assert "Traceback" not in completed.stderr
     assert not (tmp_path / "run" / "data").exists()  # refused before any work
+
+
+#: Prints the GCS address of the Ray that a driver ends up on: a bare ``ray.init()`` or, with
+#: ``cli``, the way a run without --address connects.
+WHICH_RAY = """
+import sys, ray
+if sys.argv[1] == "cli":
+    from rerank_ray.pipeline import connect_ray
+    connect_ray(None)
+else:
+    ray.init()
+print("GCS", ray.get_runtime_context().gcs_address, flush=True)
+ray.shutdown()
+"""
+
+
+def test_a_plain_run_never_joins_the_cluster_recorded_in_rays_temp_dir():
+    """A cluster recorded in Ray's temp dir (``ray_current_cluster``, which a bare
+    ``ray.init()`` joins) is left alone: a run without --address or RAY_ADDRESS starts its
+    own Ray. The bare ``ray.init()`` in the same environment is the control."""
+    import psutil
+
+    temp_dir = tempfile.mkdtemp(prefix="rr-tmp-")  # Ray's temp dir is RAY_TMPDIR/ray
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_TMPDIR=temp_dir, RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0")
+    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+    try:
+        started = subprocess.run(
+            [ray_cli, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+             "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats",
+             f"--dashboard-agent-listen-port={_free_port()}",
+             f"--ray-client-server-port={_free_port()}"],
+            env=env, capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+        recorded = Path(temp_dir, "ray", "ray_current_cluster").read_text().strip()
+        assert recorded.endswith(f":{port}")
+
+        def gcs_of(mode: str) -> str:
+            done = subprocess.run(
+                [sys.executable, "-c", WHICH_RAY, mode],
+                env=env, capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr[-3000:]
+            return [line for line in done.stdout.splitlines() if line.startswith("GCS ")][0][4:]
+
+        assert gcs_of("bare") == recorded  # the control: a bare ray.init() joins it
+        assert not gcs_of("cli").endswith(f":{port}")
+    finally:
+        for process in psutil.process_iter(["cmdline"]):
+            if process.pid != os.getpid() and any(
+                temp_dir in part for part in process.info["cmdline"] or []
+            ):
+                process.kill()
