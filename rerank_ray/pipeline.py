@@ -545,7 +545,12 @@ class Pipeline:
             from rerank_ray.pool import cluster_gpus, decide_device
 
             connect_ray(compute.address)
-            decide_device("cuda", cluster_gpus())  # refused here, before any work
+            asked = (
+                "device cuda"
+                if compute.device == "cuda"
+                else f"num_gpus_per_actor {compute.num_gpus_per_actor:g}"
+            )
+            decide_device("cuda", cluster_gpus(), asked)  # refused here, before any work
         for stage in STAGES[:-1]:
             if resume and self.is_complete(stage):
                 log.info("stage %s: up to date, skipped", stage)

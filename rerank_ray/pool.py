@@ -67,8 +67,9 @@ class DevicePlan:
     max_gpus: int
 
 
-def decide_device(policy: str, gpus: ClusterGpus) -> DevicePlan:
-    """Apply the device ``policy`` to what the cluster has or can launch.
+def decide_device(policy: str, gpus: ClusterGpus, asked: str = "device cuda") -> DevicePlan:
+    """Apply the device ``policy`` to what the cluster has or can launch (``asked`` names
+    the request in a refusal).
 
     Raises:
         ConfigError: ``cuda`` on a cluster that has no GPU and whose autoscaler is known to
@@ -93,9 +94,7 @@ def decide_device(policy: str, gpus: ClusterGpus) -> DevicePlan:
         )
         return DevicePlan(policy, "cpu", reason, 0)
     if policy == "cuda":
-        raise ConfigError(
-            f"device cuda: the cluster has no GPU and cannot launch one ({gpus.source})"
-        )
+        raise ConfigError(f"{asked}: the cluster has no GPU and cannot launch one ({gpus.source})")
     return DevicePlan(policy, "cpu", f"no GPU on alive nodes and {gpus.source}", 0)
 
 

@@ -165,11 +165,18 @@ def _close(first: dict, second: dict) -> bool:
     )
 
 
-def test_device_cuda_on_a_cluster_that_can_never_have_a_gpu_fails_in_one_line(tmp_path):
+@pytest.mark.parametrize(
+    "option,asked",
+    [
+        (["--device", "cuda"], "device cuda"),
+        (["--num-gpus-per-actor", "1"], "num_gpus_per_actor 1"),
+    ],
+)
+def test_gpus_asked_of_a_cluster_that_can_never_have_one_fail_in_one_line(tmp_path, option, asked):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "msmarco-dev"
     completed = subprocess.run(
-        [sys.executable, "-m", "rerank_ray.cli", "run", "--device", "cuda",
+        [sys.executable, "-m", "rerank_ray.cli", "run", *option,
          "--dataset", str(shared / "dev.jsonl"), "--corpus-rows", "10", "--num-queries", "2",
          "--embedder", "minilm", "--reranker", "none", "--out", str(tmp_path / "run")],
         env=env, capture_output=True, text=True, timeout=300,
@@ -177,8 +184,7 @@ def test_device_cuda_on_a_cluster_that_can_never_have_a_gpu_fails_in_one_line(tm
     assert completed.returncode == 2, completed.stderr[-2000:]
     errors = [line for line in completed.stderr.splitlines() if "error" in line.lower()]
     assert errors == [
-        "rerank-ray: error: device cuda: the cluster has no GPU and cannot launch one"
-        " (no autoscaler)"
+        f"rerank-ray: error: {asked}: the cluster has no GPU and cannot launch one (no autoscaler)"
     ], completed.stderr[-2000:]
     assert "Traceback" not in completed.stderr
     assert not (tmp_path / "run" / "data").exists()  # refused before any work
