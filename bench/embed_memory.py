@@ -71,9 +71,10 @@ def stage_only(corpus: str, model: str, out: str, rows_per_call: int) -> None:
     import ray
 
     from rerank_ray.embed import embed_table, embedding_files, embedding_matrix
+    from rerank_ray.local_ray import start_local_ray
     from rerank_ray.models import EmbedderOptions
 
-    ray.init(address="local", include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    start_local_ray(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     options = EmbedderOptions(
         pooling="mean", passage_max_length=64, batch_size=1024, max_tokens_per_batch=65536
     ).resolved(model)

@@ -159,7 +159,9 @@ def stage_alone(args, path: str) -> None:
     import ray
 
     with timer(times, "ray_init"):
-        ray.init(address="local", include_dashboard=False, logging_level="WARNING")
+        from rerank_ray.local_ray import start_local_ray
+
+        start_local_ray(include_dashboard=False, logging_level="WARNING")
     resources = plan_resources()
     with tempfile.TemporaryDirectory() as tmp:
         corpus = os.path.join(tmp, "corpus.parquet")

@@ -35,14 +35,14 @@ def main() -> None:
     endpoint, _ = start_local_s3()  # before Ray starts: its workers inherit the environment
 
     import pyarrow.fs as pafs
-    import ray
 
     from rerank_ray.config import ComputeConfig, RunConfig
     from rerank_ray.datasets import DataConfig
+    from rerank_ray.local_ray import start_local_ray
     from rerank_ray.pipeline import RunDirectory, run_pipeline
     from rerank_ray.rerank import RerankOptions
 
-    ray.init(address="local", include_dashboard=False, logging_level="WARNING")
+    start_local_ray(include_dashboard=False, logging_level="WARNING")
     s3 = pafs.S3FileSystem(endpoint_override=endpoint, allow_bucket_creation=True)
     s3.create_dir("bench")
     with s3.open_output_stream("bench/msmarco/dev.jsonl") as upload, open(DEV_JSONL, "rb") as f:

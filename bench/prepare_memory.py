@@ -135,8 +135,9 @@ def stage_only(directory: str) -> None:
     import ray
 
     from rerank_ray.datasets import DataConfig, prepare_data, read_qrels
+    from rerank_ray.local_ray import start_local_ray
 
-    ray.init(address="local", include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    start_local_ray(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     config = DataConfig(
         dataset=os.path.join(directory, "dev.jsonl"),
         corpus=os.path.join(directory, "corpus.parquet"),

@@ -61,7 +61,9 @@ def main() -> None:
     import ray
 
     with timer(times, "ray_init"):
-        ray.init(address="local", include_dashboard=False, logging_level="WARNING")
+        from rerank_ray.local_ray import start_local_ray
+
+        start_local_ray(include_dashboard=False, logging_level="WARNING")
     resources = plan_resources(num_actors=args.actors)
     with tempfile.TemporaryDirectory() as tmp:
         paths = {

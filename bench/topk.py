@@ -165,9 +165,10 @@ def stage_only(directory: str, k: int) -> None:
     """Run only the retrieval stage over ``directory`` and print its time and peak memory."""
     import ray
 
+    from rerank_ray.local_ray import start_local_ray
     from rerank_ray.search import exact_search
 
-    ray.init(address="local", include_dashboard=False, logging_level="ERROR")
+    start_local_ray(include_dashboard=False, logging_level="ERROR")
     with PeakRss() as peaks:
         started = time.perf_counter()
         exact_search(
