@@ -11,7 +11,7 @@ DEMO_DATASET := $(if $(wildcard $(DEMO_LOCAL)),$(DEMO_LOCAL),namespace-Pt/msmarc
 export RAY_USAGE_STATS_ENABLED ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test lint format bench bench-memory clean
+.PHONY: setup demo test test-slow lint format bench bench-memory clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# End to end in their own processes and clusters (kills, autoscaling, job submission, benches
+# at a small size); CI runs it after `make test`.
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check rerank_ray jobs tests bench

@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.slow  # its own Ray heads and fake GPU nodes
+
 GPU_NODE = {"CPU": 2, "GPU": 1}
 
 
@@ -194,6 +196,7 @@ def test_gpus_asked_of_a_cluster_that_can_never_have_one_fail_in_one_line(tmp_pa
 #: ``cli``, the way a run without --address connects.
 WHICH_RAY = """
 import sys, ray
+
 if sys.argv[1] == "cli":
     from rerank_ray.pipeline import connect_ray
     connect_ray(None)

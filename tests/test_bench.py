@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -20,6 +22,7 @@ def _run_bench(script: str, *args: str) -> str:
     return completed.stdout
 
 
+@pytest.mark.slow
 def test_gpu_benchmark_runs_on_cpu_at_a_tiny_size(tmp_path):
     output = tmp_path / "gpu.json"
     _run_bench(
@@ -45,12 +48,14 @@ def test_topk_benchmark_finds_the_same_neighbours_as_faiss():
     assert "retrieval stage on Ray (3 files)" in stdout
 
 
+@pytest.mark.slow
 def test_embed_memory_benchmark_embeds_every_passage_once():
     stdout = _run_bench("embed_memory.py", "--passages", "3000")
     assert "passages 3000: embed stage" in stdout
     assert "3000 vectors, one per passage" in stdout
 
 
+@pytest.mark.slow
 def test_prepare_memory_benchmark_matches_every_positive_to_its_passage():
     stdout = _run_bench("prepare_memory.py", "--passages", "3000")  # it asserts the qrels
     assert "passages 3000: prepare stage" in stdout

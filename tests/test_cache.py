@@ -183,6 +183,7 @@ def _read(path) -> dict:
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow
 def test_runs_through_the_cli_recompute_a_bad_entry_and_go_on_without_an_unwritable_cache(
     ray_session, msmarco, tmp_path, caplog
 ):

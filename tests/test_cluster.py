@@ -203,6 +203,7 @@ def local_head(tmp_path_factory):
     head.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_ray_job_submit_and_rerank_ray_submit_on_a_local_head(local_head, msmarco, tmp_path):
     address, env, _ = local_head
     options = [
@@ -236,6 +237,7 @@ def test_ray_job_submit_and_rerank_ray_submit_on_a_local_head(local_head, msmarc
     assert "missing.jsonl: no such file" in failing.stdout
 
 
+@pytest.mark.slow
 def test_submit_from_another_folder_sends_the_project_and_no_secrets(local_head, msmarco, tmp_path):
     address, env, temp_dir = local_head
     marker = f"secret-{uuid.uuid4().hex}"
@@ -290,6 +292,7 @@ def _files_holding(folder: Path, needle: bytes) -> list[Path]:
     return found
 
 
+@pytest.mark.slow
 def test_simulated_gpu_nodes_get_one_actor_each_and_match_the_cpu_run(
     msmarco, tmp_path, minilm_path
 ):

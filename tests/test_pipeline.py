@@ -403,6 +403,7 @@ def _tsv_subset(msmarco, directory, num_queries=30, num_passages=250):
     return paths
 
 
+@pytest.mark.slow
 def test_cli_run_on_official_tsv_layout(ray_session, msmarco, tmp_path, capsys):
     paths = _tsv_subset(msmarco, tmp_path)
     out = tmp_path / "run"

@@ -81,6 +81,7 @@ def reranked_run(first_run, msmarco, tmp_path_factory):
     return out, metrics
 
 
+@pytest.mark.slow
 def test_a_second_run_reuses_embeddings_without_loading_the_model(first_run, reranked_run):
     out, cache, metrics = first_run
     second, again = reranked_run
@@ -95,6 +96,7 @@ def test_a_second_run_reuses_embeddings_without_loading_the_model(first_run, rer
         assert ids_a.tolist() == ids_b.tolist() and np.array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_changing_the_key_recomputes(first_run, msmarco, tmp_path):
     _, cache, _ = first_run
     shorter = tmp_path / "shorter"
@@ -113,6 +115,7 @@ def _write_vectors(path, id_column, ids, vectors, as_list=True):
     pq.write_table(pa.table({id_column: ids, "embedding": column}), path)
 
 
+@pytest.mark.slow
 def test_supplied_embeddings_give_the_same_run(first_run, msmarco, tmp_path):
     out, cache, metrics = first_run
     pids, corpus = _vectors(out / "embeddings" / "corpus", "pid")
@@ -237,6 +240,7 @@ def _cli_run(msmarco, out, cache) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_with_the_same_metrics(first_run, reranked_run, msmarco, tmp_path):
     _, cache, _ = first_run
     out = tmp_path / "killed"
@@ -307,6 +311,7 @@ def killing_an_actor(class_part: str, written: Callable[[], list]):
     assert killed, "the actor was never killed: the test did not test anything"
 
 
+@pytest.mark.slow
 def test_an_embedding_actor_killed_mid_run_loses_and_duplicates_nothing(
     ray_session, first_run, tmp_path
 ):
@@ -324,6 +329,7 @@ def test_an_embedding_actor_killed_mid_run_loses_and_duplicates_nothing(
     assert np.min(np.sum(vectors * expected, axis=1)) > 0.9999
 
 
+@pytest.mark.slow
 def test_a_reranking_actor_killed_mid_run_loses_and_duplicates_nothing(
     ray_session, reranked_run, tmp_path
 ):
@@ -347,6 +353,7 @@ def test_a_reranking_actor_killed_mid_run_loses_and_duplicates_nothing(
     assert np.allclose(disturbed["score"].to_numpy(), calm["score"].to_numpy(), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_odd_input_in_one_uncached_run(first_run, tmp_path):
     """Whitespace-only and over-long passages are kept and embedded (the long one truncated,
     and counted); queries without a relevant passage are left out of the averages, and

@@ -8,10 +8,14 @@ import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from rerank_ray.cli import main
 from rerank_ray.embed import embedding_matrix
 from rerank_ray.models import Embedder, EmbedderOptions
+
+#: Several whole runs; tests/test_keys.py checks every key without running a stage.
+pytestmark = pytest.mark.slow
 
 
 def _vectors(run) -> tuple[list[str], np.ndarray]:
