@@ -1,6 +1,6 @@
 """Prepare-stage memory against corpus size: positives matched into a synthetic corpus.
 
-The full-corpus layout of issue 4 (``--corpus`` a passage table with ``id`` and ``content``,
+The full-corpus layout (``--corpus`` a passage table with ``id`` and ``content``,
 as ``namespace-Pt/msmarco-corpus``; ``--dataset`` queries with positive texts), at sizes
 this machine can hold: for each size N, a synthetic corpus of N passages (about 16 words,
 seeded) and a dataset of 1,000 queries whose positives are passages spread over the whole

@@ -358,8 +358,9 @@ class _TableWriter:
     """Writes rows to Parquet in batches and publishes the table atomically on close.
 
     With ``rows_per_file``, ``path`` becomes a directory of ``part-00000.parquet``, … files of
-    at most about that many rows: Ray Data reads a table file by file, so a large corpus in
-    one file would be read by one task holding memory that grows with the file.
+    at most about that many rows, so that no file's footer and row groups hold memory that
+    grows with the corpus when one reader opens it whole (Ray Data's read tasks themselves
+    are sized by ``rerank_ray.io.READ_TASK_BYTES``).
     """
 
     def __init__(self, path: str, schema: pa.Schema, rows_per_file: int | None = None):
@@ -694,7 +695,7 @@ def iter_sorted_groups(
     The sort is Ray Data's pull-based one: range-partitioned, one partition per input block,
     so a task holds about one block however large the dataset, and a small dataset is one
     task. (Ray 2.60's default shuffle plans 200 partitions when it cannot count the blocks,
-    as with Parquet reads: a first check of a 3-row corpus took 5.3 s against 2.9 s.)
+    as with Parquet reads, which costs seconds even on a tiny corpus.)
 
     Args:
         make_dataset: Builds the Ray Data dataset (with a ``key`` column). Called here, because
@@ -741,9 +742,8 @@ def check_corpus(path: str, rows: int, wanted: list[str], match_on: str) -> Corp
 
     Why a sort, not a hash aggregation (``groupby().aggregate()``): the aggregation keeps
     every pid of its partitions in one actor until the end, and there are at most as many
-    actors as CPUs, so on a small cluster that memory grows with the corpus (measured: 1.0
-    GB at 3M passages on 2 CPUs), and on this 2-core machine it took 165-186 s at 1M
-    passages where the sort takes 13 s.
+    actors as CPUs, so on a small cluster that memory grows with the corpus, and it is
+    slower than the sort (BENCHMARKS.md, prepare stage).
 
     Args:
         path: A Parquet table (file or directory) with ``pid`` and ``text``.

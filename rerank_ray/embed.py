@@ -49,7 +49,7 @@ ID_COLUMN = {"corpus": "pid", "queries": "qid"}
 #: Rows handed to an actor per call. Large, so that each call length-sorts many texts and
 #: the per-call overhead is amortised; the actor splits them into token-budgeted batches.
 #: Each call is a Ray Data block, and the driver's memory grows with the number of blocks
-#: (measured: private memory +99 MiB from 100k to 1M passages at 1,024 rows, +7 MiB at 4,096).
+#: (BENCHMARKS.md, embedding stage memory).
 ROWS_PER_CALL = 4096
 
 

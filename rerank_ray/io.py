@@ -305,7 +305,7 @@ def iter_parquet_batches(
     """Record batches of a Parquet table (:func:`parquet_files`), file by file in name order.
 
     Row group by row group: one ``iter_batches`` over a whole file holds memory that grows
-    with the file (measured: 31 MiB of Arrow memory at 300k passages, 133 MiB at 3M).
+    with the file.
     """
     for file in parquet_files(path):
         with open_input(file) as handle, pq.ParquetFile(handle) as parquet:
@@ -337,9 +337,9 @@ def parquet_writer(path: str, schema: pa.Schema) -> pq.ParquetWriter:
 #: In-memory bytes of Parquet per Ray Data read task. Ray 2.60 packs whole row groups into
 #: read tasks of up to 128 MiB (``RAY_DATA_PARQUET_BIN_PACKING_BYTES``, counted after column
 #: pruning; ``override_num_blocks`` does not split them), and a task's memory follows its
-#: bin: one read task over a 3M-passage corpus peaked at 755 MiB private memory. At 1 MiB a
-#: read task is about one row group (65,536 rows in the tables this package writes), so what
-#: it holds no longer grows with the corpus (BENCHMARKS.md, prepare stage, session 5).
+#: bin, so it grows with the corpus. At 1 MiB a read task is about one row group (65,536 rows
+#: in the tables this package writes), so what it holds does not grow with the corpus
+#: (BENCHMARKS.md, prepare stage).
 READ_TASK_BYTES = 1 << 20
 _BIN_PACKING_VARIABLE = "RAY_DATA_PARQUET_BIN_PACKING_BYTES"
 

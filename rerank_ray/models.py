@@ -5,7 +5,7 @@ cross-encoders), from safetensors or a Hub snapshot, never with ``trust_remote_c
 batch functions reuse the loaded FlagEmbedding model's tokenizer, network and pooling, but
 drive them directly on length-sorted, token-budgeted sub-batches: calling
 ``FlagModel.encode`` once per small batch re-probes the batch size and sorts only within the
-call, which measured 2.7x slower than one call on all texts.
+call, which is much slower than one call on all texts (BENCHMARKS.md, embedding).
 
 Example:
     >>> from rerank_ray.models import Embedder, EmbedderOptions

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from rerank_ray.cache import import_embeddings
 from rerank_ray.cli import main
 from rerank_ray.config import ComputeConfig, RunConfig
 from rerank_ray.datasets import DataConfig
@@ -145,27 +146,22 @@ def test_supplied_embeddings_give_the_same_run(first_run, msmarco, tmp_path):
         ("column", "missing column 'embedding'"),
     ],
 )
-def test_bad_supplied_embeddings_are_rejected(first_run, msmarco, tmp_path, damage, message):
-    out, cache, _ = first_run
-    pids, corpus = _vectors(out / "embeddings" / "corpus", "pid")
-    pids = pids.tolist()
-    path = tmp_path / "corpus.parquet"
+def test_bad_supplied_embeddings_are_rejected(ray_session, tmp_path, damage, message):
+    """Each bad supplied file, imported against a corpus table as the embed stage does it:
+    one error naming the file (and row), and nothing published."""
+    pids = [f"p{i}" for i in range(40)]
+    table = tmp_path / "corpus.parquet"
+    pq.write_table(pa.table({"pid": pids, "text": ["t"] * len(pids)}), table)
+    corpus = np.random.default_rng(0).standard_normal((len(pids), 384)).astype(np.float32)
+    path = tmp_path / "supplied.parquet"
     if damage == "nan":
-        corpus = corpus.copy()
         corpus[2, 7] = np.nan
         _write_vectors(path, "pid", pids, corpus)
     elif damage == "dims":
-        pq.write_table(
-            pa.table(
-                {
-                    "pid": pids[:1],
-                    "embedding": pa.array([corpus[0].tolist()], pa.list_(pa.float32())),
-                }
-            ),
-            tmp_path / "a.parquet",
-        )
-        _write_vectors(tmp_path / "b.parquet", "pid", pids[1:], corpus[1:, :5])
-        path = tmp_path
+        path = tmp_path / "supplied"
+        path.mkdir()
+        _write_vectors(path / "a.parquet", "pid", pids[:1], corpus[:1])
+        _write_vectors(path / "b.parquet", "pid", pids[1:], corpus[1:, :5])
     elif damage == "unknown":
         _write_vectors(path, "pid", pids[:-1] + ["nope"], corpus)
     elif damage == "duplicate":
@@ -174,11 +170,11 @@ def test_bad_supplied_embeddings_are_rejected(first_run, msmarco, tmp_path, dama
         _write_vectors(path, "pid", pids[:-1], corpus[:-1])
     else:
         pq.write_table(pa.table({"pid": pids, "vector": corpus.tolist()}), path)
-    config = _config(msmarco, tmp_path / "run", cache, use_cache=False, corpus_embeddings=str(path))
+    target = tmp_path / "run" / "embeddings" / "corpus"
+    target.parent.mkdir(parents=True)
     with pytest.raises(DataError, match=message):
-        run_pipeline(config)
-    assert not (tmp_path / "run" / "metrics.json").exists()
-    assert not (tmp_path / "run" / "embeddings" / "corpus").exists()
+        import_embeddings(str(path), str(table), "pid", str(target))
+    assert not target.exists() and os.listdir(target.parent) == []
 
 
 def test_check_ids_equals_a_brute_force_count_across_files_and_partitions(
