@@ -1,10 +1,11 @@
 """rerank-ray: evaluate embedding retrieval and cross-encoder reranking as Ray batch jobs.
 
-Example:
-    >>> from rerank_ray import RunConfig, DataConfig, run_pipeline
-    >>> config = RunConfig(out="runs/seed", embedder="minilm",
-    ...                    data=DataConfig(dataset="dev.jsonl", corpus_rows=5000, num_queries=100))
-    >>> metrics = run_pipeline(config)  # doctest: +SKIP
+Example::
+
+    from rerank_ray import RunConfig, DataConfig, run_pipeline
+    config = RunConfig(out="runs/seed", embedder="minilm",
+                       data=DataConfig(dataset="dev.jsonl", corpus_rows=5000, num_queries=100))
+    metrics = run_pipeline(config)
 """
 
 from __future__ import annotations

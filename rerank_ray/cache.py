@@ -414,9 +414,10 @@ def check_ids(table_path: str, supplied_path: str, id_column: str) -> IdProblems
     ones, so its memory does not grow with the table (see
     :func:`rerank_ray.datasets.iter_sorted_groups`).
 
-    Example:
-        >>> check_ids("data/corpus.parquet", "mine/", "pid").missing  # doctest: +SKIP
-        0
+    Example::
+
+        check_ids("data/corpus.parquet", "mine/", "pid").missing
+        # 0
     """
     from rerank_ray.datasets import iter_sorted_groups
 

@@ -21,12 +21,13 @@ A separate corpus table is written as it streams, then checked by :func:`check_c
 Ray Data job (broadcast join with the positives or judged pids, sort by pid), so
 neither the matching nor the duplicate-id check holds the corpus's ids in the driver.
 
-Example:
-    >>> from rerank_ray.datasets import DataConfig, prepare_data
-    >>> config = DataConfig(dataset="dev.jsonl", corpus_rows=5000, num_queries=100)
-    >>> prepared = prepare_data(config, "runs/seed/data")  # doctest: +SKIP
-    >>> prepared.num_corpus  # doctest: +SKIP
-    5000
+Example::
+
+    from rerank_ray.datasets import DataConfig, prepare_data
+    config = DataConfig(dataset="dev.jsonl", corpus_rows=5000, num_queries=100)
+    prepared = prepare_data(config, "runs/seed/data")
+    prepared.num_corpus
+    # 5000
 """
 
 from __future__ import annotations
@@ -704,10 +705,13 @@ def iter_sorted_groups(
         key: The column to group by.
         keep: ``sorted block -> rows of it`` (a ``pyarrow.Table``), run on Ray's workers.
 
-    Example:
-        >>> items = lambda: ray.data.from_items([{"id": "b"}, {"id": "a"}, {"id": "b"}])  # doctest: +SKIP
-        >>> [[r["id"] for r in g] for g in iter_sorted_groups(items, "id", lambda b: b)]  # doctest: +SKIP
-        [['a'], ['b', 'b']]
+    Example::
+
+        import ray.data
+
+        items = lambda: ray.data.from_items([{"id": "b"}, {"id": "a"}, {"id": "b"}])
+        [[r["id"] for r in g] for g in iter_sorted_groups(items, "id", lambda b: b)]
+        # [['a'], ['b', 'b']]
     """
     import ray.data
     from ray.data.context import ShuffleStrategy
@@ -752,10 +756,11 @@ def check_corpus(path: str, rows: int, wanted: list[str], match_on: str) -> Corp
             passage stripped) or pids (``match_on="pid"``).
         match_on: ``"text"`` or ``"pid"``.
 
-    Example:
-        >>> check = check_corpus("data/corpus.parquet", 3, ["passage A"], "text")  # doctest: +SKIP
-        >>> check.matches  # doctest: +SKIP
-        {0: ['9']}
+    Example::
+
+        check = check_corpus("data/corpus.parquet", 3, ["passage A"], "text")
+        check.matches
+        # {0: ['9']}
     """
     import ray
 

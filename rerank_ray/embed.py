@@ -6,12 +6,13 @@ once, and a datasink writes the vectors as Parquet files per role
 ``(pid|qid, embedding: fixed_size_list<float32|float16>[dim])``. The driver only plans the
 job: it never holds texts or vectors.
 
-Example:
-    >>> from rerank_ray.embed import embed_tables
-    >>> stats = embed_tables(
-    ...     {"corpus": ("data/corpus.parquet", "embeddings/corpus"),
-    ...      "queries": ("data/queries.parquet", "embeddings/queries")},
-    ...     model="minilm", options=EmbedderOptions())  # doctest: +SKIP
+Example::
+
+    from rerank_ray.embed import embed_tables
+    stats = embed_tables(
+        {"corpus": ("data/corpus.parquet", "embeddings/corpus"),
+         "queries": ("data/queries.parquet", "embeddings/queries")},
+        model="minilm", options=EmbedderOptions())
 """
 
 from __future__ import annotations

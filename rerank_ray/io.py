@@ -12,10 +12,11 @@ Object stores have no rename: a file still appears whole (an upload becomes visi
 completes), but a directory is copied in object by object, so there the run's manifest is the
 commit point (a stage counts as done only once the manifest records it).
 
-Example:
-    >>> write_json("s3://bucket/runs/seed/metrics.json", {"recall@10": 0.99})  # doctest: +SKIP
-    >>> parquet_files("s3://bucket/runs/seed/embeddings/corpus")  # doctest: +SKIP
-    ['s3://bucket/runs/seed/embeddings/corpus/part-000000-0000.parquet', ...]
+Example::
+
+    write_json("s3://bucket/runs/seed/metrics.json", {"recall@10": 0.99})
+    parquet_files("s3://bucket/runs/seed/embeddings/corpus")
+    # ['s3://bucket/runs/seed/embeddings/corpus/part-000000-0000.parquet', ...]
 """
 
 from __future__ import annotations
@@ -46,9 +47,10 @@ def is_uri(path: str | os.PathLike) -> bool:
 def resolve(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem holding ``path``, and the path inside it.
 
-    Example:
-        >>> resolve("s3://bucket/runs/seed")  # doctest: +SKIP
-        (<pyarrow._s3fs.S3FileSystem ...>, 'bucket/runs/seed')
+    Example::
+
+        resolve("s3://bucket/runs/seed")
+        # (<pyarrow._s3fs.S3FileSystem ...>, 'bucket/runs/seed')
     """
     path = os.fspath(path)
     if not is_uri(path):
@@ -156,8 +158,14 @@ def atomic_path(final_path: str) -> Iterator[str]:
     """Yield a temporary path to write; publish it at ``final_path`` only on success.
 
     Example:
-        >>> with atomic_path("/tmp/example.parquet") as tmp:  # doctest: +SKIP
-        ...     write_table(table, tmp)
+        >>> import os, tempfile
+        >>> target = os.path.join(tempfile.mkdtemp(), "metrics.json")
+        >>> with atomic_path(target) as tmp:
+        ...     _ = open(tmp, "w").write("{}")
+        ...     os.path.exists(target)  # not published yet
+        False
+        >>> open(target).read()
+        '{}'
     """
     tmp_path = temporary_sibling(final_path)
     try:
@@ -258,8 +266,12 @@ def parquet_files(path: str) -> list[str]:
     name order, without the hidden ones (``.`` or ``_``, which Ray Data and Arrow skip too).
 
     Example:
-        >>> parquet_files("runs/seed/embeddings/corpus")  # doctest: +SKIP
-        ['/home/me/runs/seed/embeddings/corpus/part-000000-0000.parquet', ...]
+        >>> import os, tempfile
+        >>> table = tempfile.mkdtemp()
+        >>> for name in ("part-1.parquet", "part-0.parquet", ".part-2.parquet.tmp-1a2b"):
+        ...     pq.write_table(pa.table({"pid": ["p"]}), os.path.join(table, name))
+        >>> [os.path.basename(f) for f in parquet_files(table)]
+        ['part-0.parquet', 'part-1.parquet']
     """
     filesystem, inner = resolve(path)
     if filesystem.get_file_info(inner).type != pafs.FileType.Directory:
@@ -402,8 +414,15 @@ def content_fingerprint(path: str, known: dict | None = None) -> dict:
     and mtime is not seen; any other edit is).
 
     Example:
-        >>> content_fingerprint("../shared/data/msmarco-dev/qrels.tsv")["sha256"]  # doctest: +SKIP
-        'sha256:…'
+        >>> import hashlib, os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "qrels.tsv")
+        >>> _ = open(path, "w").write("1 0 7 1")
+        >>> first = content_fingerprint(path)
+        >>> first["sha256"] == content_fingerprint(path, known=first)["sha256"]
+        True
+        >>> _ = open(path, "w").write("1 0 8 1")
+        >>> content_fingerprint(path, known=first)["sha256"] == first["sha256"]
+        False
     """
     import hashlib
 

@@ -7,11 +7,12 @@ drive them directly on length-sorted, token-budgeted sub-batches: calling
 ``FlagModel.encode`` once per small batch re-probes the batch size and sorts only within the
 call, which is much slower than one call on all texts (BENCHMARKS.md, embedding).
 
-Example:
-    >>> from rerank_ray.models import Embedder, EmbedderOptions
-    >>> embedder = Embedder("minilm", EmbedderOptions())  # doctest: +SKIP
-    >>> embedder.encode_corpus(["a passage"]).shape  # doctest: +SKIP
-    (1, 384)
+Example::
+
+    from rerank_ray.models import Embedder, EmbedderOptions
+    embedder = Embedder("minilm", EmbedderOptions())
+    embedder.encode_corpus(["a passage"]).shape
+    # (1, 384)
 """
 
 from __future__ import annotations
@@ -320,9 +321,10 @@ class Embedder:
         options: See :class:`EmbedderOptions`; ``None`` fields take the model's defaults.
         device: ``cuda``, ``cuda:1``, ``cpu``; ``None`` picks CUDA when torch sees it.
 
-    Example:
-        >>> embedder = Embedder("minilm", EmbedderOptions())  # doctest: +SKIP
-        >>> vectors = embedder.encode_queries(["what is a cross-encoder?"])  # doctest: +SKIP
+    Example::
+
+        embedder = Embedder("minilm", EmbedderOptions())
+        vectors = embedder.encode_queries(["what is a cross-encoder?"])
     """
 
     def __init__(

@@ -17,12 +17,13 @@ atomically, so any stage can be re-run alone. A :class:`Pipeline` owns its run d
 while it exists (one writer, never a folder that is not a run directory): see
 :mod:`rerank_ray.rundir`.
 
-Example:
-    >>> from rerank_ray.config import RunConfig
-    >>> from rerank_ray.datasets import DataConfig
-    >>> config = RunConfig(out="runs/seed", data=DataConfig(dataset="dev.jsonl"),
-    ...                    embedder="minilm")
-    >>> run_pipeline(config)  # doctest: +SKIP
+Example::
+
+    from rerank_ray.config import RunConfig
+    from rerank_ray.datasets import DataConfig
+    config = RunConfig(out="runs/seed", data=DataConfig(dataset="dev.jsonl"),
+                       embedder="minilm")
+    run_pipeline(config)
 """
 
 from __future__ import annotations

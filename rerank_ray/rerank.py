@@ -7,10 +7,11 @@ becomes pairs. The pairs flow into a pool of actors that each load the cross-enc
 and Ray Data writes the scores. The driver then ranks the scored candidates per query (a
 table the size of ``retrieval.parquet``) into ``rerank.parquet``.
 
-Example:
-    >>> stats = rerank_candidates("RUN/retrieval.parquet", "RUN/data/corpus.parquet",
-    ...                           "RUN/data/queries.parquet", "RUN/rerank.parquet",
-    ...                           RerankOptions(model="minilm-smoke"))  # doctest: +SKIP
+Example::
+
+    stats = rerank_candidates("RUN/retrieval.parquet", "RUN/data/corpus.parquet",
+                              "RUN/data/queries.parquet", "RUN/rerank.parquet",
+                              RerankOptions(model="minilm-smoke"))
 """
 
 from __future__ import annotations

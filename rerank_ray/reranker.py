@@ -7,12 +7,13 @@ sentence-transformers' ``CrossEncoder.predict`` and Langchain-Chatchat report it
 documents with a ``page_content`` attribute (LangChain's ``Document``) get
 ``metadata["relevance_score"]`` set, as Chatchat's reranker does.
 
-Example:
-    >>> from rerank_ray import Reranker
-    >>> reranker = Reranker("BAAI/bge-reranker-large")  # doctest: +SKIP
-    >>> results = reranker.rerank("what is panda?", ["hi", "The giant panda is a bear."], top_n=1)  # doctest: +SKIP
-    >>> results[0].index, results[0].document  # doctest: +SKIP
-    (1, 'The giant panda is a bear.')
+Example::
+
+    from rerank_ray import Reranker
+    reranker = Reranker("BAAI/bge-reranker-large")
+    results = reranker.rerank("what is panda?", ["hi", "The giant panda is a bear."], top_n=1)
+    results[0].index, results[0].document
+    # (1, 'The giant panda is a bear.')
 """
 
 from __future__ import annotations

@@ -22,9 +22,13 @@ by SIGKILL: there is never a stale lock. On an object store (``s3://``) pyarrow 
 atomic create, so :class:`ObjectStoreLock` is best effort, not mutual exclusion: see there.
 
 Example:
-    >>> run = RunDirectory("runs/seed")  # doctest: +SKIP
-    >>> with run.claim():  # doctest: +SKIP
-    ...     run.write_manifest({"config": {...}, "stages": {}})
+    >>> import os, tempfile
+    >>> run = RunDirectory(os.path.join(tempfile.mkdtemp(), "run"))
+    >>> with run.claim():
+    ...     run.write_manifest({"config": {}, "stages": {}})
+    ...     RunDirectory(run.root).claim()
+    Traceback (most recent call last):
+    rerank_ray.errors.ConfigError: ... is in use by pid ... on host ... since ...
 """
 
 from __future__ import annotations

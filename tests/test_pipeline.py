@@ -86,10 +86,15 @@ class RunFiles:
         return self.read_bytes().decode("utf-8")
 
 
+#: The seed protocol at test size: the positives of the first rows (one passage each here).
+SEED_PASSAGES = 200
+SEED_QUERIES = 30
+
+
 def seed_config(dataset: str, out: str) -> RunConfig:
     return RunConfig(
         out=out,
-        data=DataConfig(dataset=dataset, corpus_rows=400, num_queries=60),
+        data=DataConfig(dataset=dataset, corpus_rows=SEED_PASSAGES, num_queries=SEED_QUERIES),
         embedder="minilm",
         top_k=100,
         rerank=RerankOptions(model="minilm-smoke", top_k=10, max_length=128),
@@ -99,7 +104,7 @@ def seed_config(dataset: str, out: str) -> RunConfig:
 
 @pytest.fixture(scope="module")
 def seed_run(ray_session, msmarco, s3_endpoint):
-    """The seed protocol at a size this machine runs in seconds: 400 passages, 60 queries,
+    """The seed protocol at a size this machine runs in seconds: 200 passages, 30 queries,
     the top 10 of each reranked by the smoke-test cross-encoder.
 
     Its dataset and run directory are on S3 (moto's server): every stage, Ray's workers
@@ -129,29 +134,33 @@ def test_run_directory_contract(seed_run):
     assert manifest["config"]["embedder"] == "minilm"
     assert manifest["models"]["embedder"]["fingerprint"].startswith("sha256:")
     assert manifest["models"]["embedder"]["options"]["pooling"] == "mean"
-    assert manifest["data"]["corpus"]["rows"] == 400 and manifest["data"]["queries"]["rows"] == 60
+    assert manifest["data"]["corpus"]["rows"] == SEED_PASSAGES
+    assert manifest["data"]["queries"]["rows"] == SEED_QUERIES
     for stage in ("prepare", "embed", "retrieve", "rerank", "evaluate"):
         assert manifest["stages"][stage]["wall_seconds"] > 0
     assert manifest["stages"]["embed"]["resources"]["max_actors"] == 1
     assert manifest["stages"]["embed"]["resources"]["num_gpus_per_actor"] == 0
-    for role, rows in (("corpus", 400), ("queries", 60)):  # one pool, one actor, both roles
+    for role, rows in (
+        ("corpus", SEED_PASSAGES),
+        ("queries", SEED_QUERIES),
+    ):  # one pool, one actor, both roles
         part = manifest["stages"]["embed"][role]
         assert part["resources"]["roles_in_pool"] == ["corpus", "queries"]
         assert part["resources"]["actors_started"] == 1 and part["counts"]["rows"] == rows
     assert manifest["versions"]["ray"] == "2.60.0"
     retrieval = pq.read_table(out / "retrieval.parquet")
     assert retrieval.schema.names == ["qid", "pid", "rank", "score"]
-    assert retrieval.num_rows == 60 * 100
+    assert retrieval.num_rows == SEED_QUERIES * 100
     report = (out / "report.md").read_text()
     assert f"{metrics['retrieval']['mrr@10']:.4f}" in report and "minilm" in report
     assert "smoke-test reranker" in report and "mean nothing" in report
     assert "recall@10 and recall@100 cannot change" in report
     effect = manifest["stages"]["evaluate"]["rerank_effect"]
-    assert sum(effect.values()) == 60
+    assert sum(effect.values()) == SEED_QUERIES
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     reranker = manifest["models"]["reranker"]
     assert reranker["name"] == "minilm-smoke" and reranker["fingerprint"].startswith("sha256:")
-    assert manifest["stages"]["rerank"]["rows"] == 60 * 10
+    assert manifest["stages"]["rerank"]["rows"] == SEED_QUERIES * 10
     assert manifest["stages"]["rerank"]["pairs_per_second"] > 0
 
 
@@ -199,7 +208,9 @@ def test_embeddings_and_retrieval_equal_bare_flagmodel_and_numpy(seed_run):
 
     ours_corpus = read_embeddings(out / "embeddings" / "corpus", "pid")
     ours_queries = read_embeddings(out / "embeddings" / "queries", "qid")
-    assert len(ours_corpus) == 400 and len(ours_queries) == 60  # one row per id: none lost
+    assert (
+        len(ours_corpus) == SEED_PASSAGES and len(ours_queries) == SEED_QUERIES
+    )  # one row per id: none lost
     ours_c = np.stack([ours_corpus[p] for p in corpus["pid"]])
     ours_q = np.stack([ours_queries[q] for q in queries["qid"]])
     assert np.min(np.sum(ours_c * bare_corpus, axis=1)) > 0.9999
@@ -285,7 +296,9 @@ def test_float16_storage_halves_the_files_and_keeps_the_metrics(seed_run, msmarc
     half = tmp_path / "half"
     config = RunConfig(
         out=str(half),
-        data=DataConfig(dataset=str(msmarco / "dev.jsonl"), corpus_rows=400, num_queries=60),
+        data=DataConfig(
+            dataset=str(msmarco / "dev.jsonl"), corpus_rows=SEED_PASSAGES, num_queries=SEED_QUERIES
+        ),
         embedder="minilm",
         embedding=EmbedderOptions(storage="float16"),
         rerank=RerankOptions(model="none"),
