@@ -224,13 +224,23 @@ def is_local_source(source: str) -> bool:
     )
 
 
+#: The UTF-8 byte-order mark some editors write at the start of a file; it is not data.
+BOM = "\ufeff"
+
+
 def _decode(raw: bytes, path: str, line_number: int) -> str:
+    """Line ``line_number`` of ``path`` as text, without a byte-order mark at the file's start.
+
+    Raises:
+        DataError: bytes that are not UTF-8, naming the file, line and byte.
+    """
     try:
-        return raw.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise DataError(
             f"{path}, line {line_number}: not valid UTF-8 (byte {error.start})"
         ) from None
+    return text.removeprefix(BOM) if line_number == 1 else text
 
 
 def iter_records(source: str, split: str = "train") -> Iterator[tuple[str, dict]]:
@@ -254,7 +264,7 @@ def iter_records(source: str, split: str = "train") -> Iterator[tuple[str, dict]
         return
     if source.endswith(".json") and not _looks_like_jsonl(source):
         try:
-            data = json.loads(read_text(source))
+            data = json.loads(read_text(source).removeprefix(BOM))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise DataError(f"{source}: not valid JSON ({error})") from None
         if not isinstance(data, list):
@@ -281,9 +291,11 @@ def iter_records(source: str, split: str = "train") -> Iterator[tuple[str, dict]
 
 
 def _looks_like_jsonl(path: str) -> bool:
+    """Whether a ``.json`` file holds one record a line rather than a list: its first
+    character (after a byte-order mark and whitespace) is not ``[``."""
     with open_binary(path) as handle:
-        head = handle.read(1).lstrip()
-    return head != b"["
+        head = handle.read(4096).removeprefix(BOM.encode()).lstrip()
+    return head[:1] != b"["
 
 
 def _iter_hub_records(name: str, split: str) -> Iterator[tuple[str, dict]]:
@@ -302,6 +314,9 @@ def _iter_hub_records(name: str, split: str) -> Iterator[tuple[str, dict]]:
 
 def iter_tsv(path: str, columns: tuple[str, str]) -> Iterator[tuple[int, str, str]]:
     """Yield ``(line_number, id, text)`` from a two-column TSV file such as ``collection.tsv``.
+
+    Lines end in LF or CRLF; empty lines are skipped; a byte-order mark at the start of the
+    file is not part of the first id.
 
     Raises:
         DataError: on a missing or empty file, a line without exactly one tab, an empty id, or
@@ -328,7 +343,8 @@ def iter_tsv(path: str, columns: tuple[str, str]) -> Iterator[tuple[int, str, st
 def iter_trec_qrels(path: str) -> Iterator[tuple[int, str, str, int]]:
     """Yield ``(line_number, qid, pid, relevance)`` from TREC qrels (``qid 0 pid rel``).
 
-    Fields are whitespace-separated; relevance is an integer and may be graded.
+    Fields are whitespace-separated; relevance is an integer and may be graded. Blank lines,
+    CRLF line ends and a byte-order mark at the start of the file are not data.
     """
     _check_file(path)
     with open_binary(path) as handle:
