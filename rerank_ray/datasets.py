@@ -857,15 +857,7 @@ def _prepare_from_tables(config: DataConfig, out_dir: str) -> PreparedData:
                 raise DataError(f"{where}: qid {qid} appears twice")
             query_ids.add(qid)
             queries.add(qid, text)
-        judged: list[tuple[int, str, str, int]] = []
-        for line_number, qid, pid, relevance in iter_trec_qrels(config.qrels):
-            if qid not in query_ids:
-                raise DataError(
-                    f"{config.qrels}, line {line_number}: qid {qid} is not in {config.queries}"
-                )
-            judged.append((line_number, qid, pid, relevance))
-        if not judged:
-            raise DataError(f"{config.qrels}: no judgements")
+        judged = _read_judgements(config.qrels, config.queries, query_ids)
         judged_pids = sorted({pid for _, _, pid, _ in judged})
         matches = _write_checked_corpus(corpus, config.corpus, config.split, judged_pids, "pid")
         found = {judged_pids[index] for index in matches}
@@ -876,6 +868,36 @@ def _prepare_from_tables(config: DataConfig, out_dir: str) -> PreparedData:
                 )
             qrels.add(qid, pid, relevance)
     return PreparedData.from_writers(corpus, queries, qrels)
+
+
+def _read_judgements(
+    path: str, queries_path: str, query_ids: set[str]
+) -> list[tuple[int, str, str, int]]:
+    """The judgements of a TREC qrels file, one per ``(qid, pid)``, in file order.
+
+    A line that repeats an earlier ``(qid, pid)`` with the same relevance is dropped; with
+    another relevance it is refused, as is a qid that is not in the queries.
+
+    Raises:
+        DataError: naming the file and line (and the earlier line of a conflict).
+    """
+    first: dict[tuple[str, str], tuple[int, int]] = {}
+    judged: list[tuple[int, str, str, int]] = []
+    for line_number, qid, pid, relevance in iter_trec_qrels(path):
+        if qid not in query_ids:
+            raise DataError(f"{path}, line {line_number}: qid {qid} is not in {queries_path}")
+        earlier = first.setdefault((qid, pid), (line_number, relevance))
+        if earlier[0] != line_number:
+            if earlier[1] != relevance:
+                raise DataError(
+                    f"{path}, line {line_number}: qid {qid}, pid {pid} judged {relevance}"
+                    f" here but {earlier[1]} on line {earlier[0]}"
+                )
+            continue
+        judged.append((line_number, qid, pid, relevance))
+    if not judged:
+        raise DataError(f"{path}: no judgements")
+    return judged
 
 
 def prepare_data(config: DataConfig, out_dir: str | os.PathLike) -> PreparedData:

@@ -132,12 +132,18 @@ def test_graded_qrels_and_duplicate_identical_rows(tmp_path):
         tmp_path,
         "1\tfirst passage\n2\tsecond passage\n2\tsecond passage\n",
         "10\tquery ten\n",
-        "10 0 1 2\n10\t0\t2\t1\n",
+        "10 0 1 2\n10\t0\t2\t1\n10 0 1 2\n",
     )
     prepared = prepare_data(config, tmp_path / "out")
     corpus, _, qrels = _tables(prepared)
     assert [r["pid"] for r in corpus] == ["1", "2"]
     assert qrels == {"10": {"1": 2, "2": 1}}
+    # the repeated judgement is one row of the table, counted once
+    assert prepared.num_qrels == 2
+    assert pq.read_table(prepared.qrels_path).to_pylist() == [
+        {"qid": "10", "pid": "1", "relevance": 2},
+        {"qid": "10", "pid": "2", "relevance": 1},
+    ]
 
 
 def test_exact_duplicate_rows_leave_the_same_table_as_no_duplicates(tmp_path):
@@ -282,6 +288,12 @@ BAD_TSV = [
     ("1\tp\n", "10\tq\n", "", "qrels.tsv: file is empty"),
     ("", "10\tq\n", "10 0 1 1\n", "collection.tsv: file is empty"),
     (b"1\tcaf\xe9\n", "10\tq\n", "10 0 1 1\n", "collection.tsv, line 1: not valid UTF-8"),
+    (
+        "1\tp\n2\tr\n",
+        "10\tq\n11\tq\n",
+        "10 0 1 1\n11 0 1 0\n10 0 2 1\n10 0 1 1\n\n10 0 1 2\n",
+        "qrels.tsv, line 6: qid 10, pid 1 judged 2 here but 1 on line 1",
+    ),
 ]
 
 
