@@ -225,13 +225,23 @@ def is_local_source(source: str) -> bool:
     )
 
 
+#: The UTF-8 byte-order mark some editors write at the start of a file; it is not data.
+BOM = "\ufeff"
+
+
 def _decode(raw: bytes, path: str, line_number: int) -> str:
+    """Line ``line_number`` of ``path`` as text, without a byte-order mark at the file's start.
+
+    Raises:
+        DataError: bytes that are not UTF-8, naming the file, line and byte.
+    """
     try:
-        return raw.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise DataError(
             f"{path}, line {line_number}: not valid UTF-8 (byte {error.start})"
         ) from None
+    return text.removeprefix(BOM) if line_number == 1 else text
 
 
 def iter_records(source: str, split: str = "train") -> Iterator[tuple[str, dict]]:
@@ -255,7 +265,7 @@ def iter_records(source: str, split: str = "train") -> Iterator[tuple[str, dict]
         return
     if source.endswith(".json") and not _looks_like_jsonl(source):
         try:
-            data = json.loads(read_text(source))
+            data = json.loads(read_text(source).removeprefix(BOM))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise DataError(f"{source}: not valid JSON ({error})") from None
         if not isinstance(data, list):
@@ -282,9 +292,11 @@ def iter_records(source: str, split: str = "train") -> Iterator[tuple[str, dict]
 
 
 def _looks_like_jsonl(path: str) -> bool:
+    """Whether a ``.json`` file holds one record a line rather than a list: its first
+    character (after a byte-order mark and whitespace) is not ``[``."""
     with open_binary(path) as handle:
-        head = handle.read(1).lstrip()
-    return head != b"["
+        head = handle.read(4096).removeprefix(BOM.encode()).lstrip()
+    return head[:1] != b"["
 
 
 def _iter_hub_records(name: str, split: str) -> Iterator[tuple[str, dict]]:
@@ -303,6 +315,9 @@ def _iter_hub_records(name: str, split: str) -> Iterator[tuple[str, dict]]:
 
 def iter_tsv(path: str, columns: tuple[str, str]) -> Iterator[tuple[int, str, str]]:
     """Yield ``(line_number, id, text)`` from a two-column TSV file such as ``collection.tsv``.
+
+    Lines end in LF or CRLF; empty lines are skipped; a byte-order mark at the start of the
+    file is not part of the first id.
 
     Raises:
         DataError: on a missing or empty file, a line without exactly one tab, an empty id, or
@@ -329,7 +344,8 @@ def iter_tsv(path: str, columns: tuple[str, str]) -> Iterator[tuple[int, str, st
 def iter_trec_qrels(path: str) -> Iterator[tuple[int, str, str, int]]:
     """Yield ``(line_number, qid, pid, relevance)`` from TREC qrels (``qid 0 pid rel``).
 
-    Fields are whitespace-separated; relevance is an integer and may be graded.
+    Fields are whitespace-separated; relevance is an integer and may be graded. Blank lines,
+    CRLF line ends and a byte-order mark at the start of the file are not data.
     """
     _check_file(path)
     with open_binary(path) as handle:
@@ -846,15 +862,7 @@ def _prepare_from_tables(config: DataConfig, out_dir: str) -> PreparedData:
                 raise DataError(f"{where}: qid {qid} appears twice")
             query_ids.add(qid)
             queries.add(qid, text)
-        judged: list[tuple[int, str, str, int]] = []
-        for line_number, qid, pid, relevance in iter_trec_qrels(config.qrels):
-            if qid not in query_ids:
-                raise DataError(
-                    f"{config.qrels}, line {line_number}: qid {qid} is not in {config.queries}"
-                )
-            judged.append((line_number, qid, pid, relevance))
-        if not judged:
-            raise DataError(f"{config.qrels}: no judgements")
+        judged = _read_judgements(config.qrels, config.queries, query_ids)
         judged_pids = sorted({pid for _, _, pid, _ in judged})
         matches = _write_checked_corpus(corpus, config.corpus, config.split, judged_pids, "pid")
         found = {judged_pids[index] for index in matches}
@@ -865,6 +873,36 @@ def _prepare_from_tables(config: DataConfig, out_dir: str) -> PreparedData:
                 )
             qrels.add(qid, pid, relevance)
     return PreparedData.from_writers(corpus, queries, qrels)
+
+
+def _read_judgements(
+    path: str, queries_path: str, query_ids: set[str]
+) -> list[tuple[int, str, str, int]]:
+    """The judgements of a TREC qrels file, one per ``(qid, pid)``, in file order.
+
+    A line that repeats an earlier ``(qid, pid)`` with the same relevance is dropped; with
+    another relevance it is refused, as is a qid that is not in the queries.
+
+    Raises:
+        DataError: naming the file and line (and the earlier line of a conflict).
+    """
+    first: dict[tuple[str, str], tuple[int, int]] = {}
+    judged: list[tuple[int, str, str, int]] = []
+    for line_number, qid, pid, relevance in iter_trec_qrels(path):
+        if qid not in query_ids:
+            raise DataError(f"{path}, line {line_number}: qid {qid} is not in {queries_path}")
+        earlier = first.setdefault((qid, pid), (line_number, relevance))
+        if earlier[0] != line_number:
+            if earlier[1] != relevance:
+                raise DataError(
+                    f"{path}, line {line_number}: qid {qid}, pid {pid} judged {relevance}"
+                    f" here but {earlier[1]} on line {earlier[0]}"
+                )
+            continue
+        judged.append((line_number, qid, pid, relevance))
+    if not judged:
+        raise DataError(f"{path}: no judgements")
+    return judged
 
 
 def prepare_data(config: DataConfig, out_dir: str | os.PathLike) -> PreparedData:

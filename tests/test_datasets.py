@@ -132,12 +132,18 @@ def test_graded_qrels_and_duplicate_identical_rows(tmp_path):
         tmp_path,
         "1\tfirst passage\n2\tsecond passage\n2\tsecond passage\n",
         "10\tquery ten\n",
-        "10 0 1 2\n10\t0\t2\t1\n",
+        "10 0 1 2\n10\t0\t2\t1\n10 0 1 2\n",
     )
     prepared = prepare_data(config, tmp_path / "out")
     corpus, _, qrels = _tables(prepared)
     assert [r["pid"] for r in corpus] == ["1", "2"]
     assert qrels == {"10": {"1": 2, "2": 1}}
+    # the repeated judgement is one row of the table, counted once
+    assert prepared.num_qrels == 2
+    assert pq.read_table(prepared.qrels_path).to_pylist() == [
+        {"qid": "10", "pid": "1", "relevance": 2},
+        {"qid": "10", "pid": "2", "relevance": 1},
+    ]
 
 
 def test_exact_duplicate_rows_leave_the_same_table_as_no_duplicates(tmp_path):
@@ -282,7 +288,88 @@ BAD_TSV = [
     ("1\tp\n", "10\tq\n", "", "qrels.tsv: file is empty"),
     ("", "10\tq\n", "10 0 1 1\n", "collection.tsv: file is empty"),
     (b"1\tcaf\xe9\n", "10\tq\n", "10 0 1 1\n", "collection.tsv, line 1: not valid UTF-8"),
+    (
+        "1\tp\n2\tr\n",
+        "10\tq\n11\tq\n",
+        "10 0 1 1\n11 0 1 0\n10 0 2 1\n10 0 1 1\n\n10 0 1 2\n",
+        "qrels.tsv, line 6: qid 10, pid 1 judged 2 here but 1 on line 1",
+    ),
 ]
+
+
+CLEAN_TSV = (
+    "1\tfirst passage\n2\tsecond passage\n3\tthird passage\n",
+    "10\tquery ten\n11\tquery eleven\n",
+    "10 0 1 2\n10 0 2 0\n11 0 3 1\n",
+)
+
+
+def _dirty(text: str, defect: str) -> bytes:
+    """``text`` with a byte-order mark, CRLF line ends, or blank lines (one between rows and
+    one at the end, each in both line-end styles), or all three."""
+    if defect in ("blank", "all"):
+        rows = text.splitlines(keepends=True)
+        text = rows[0] + "\n\r\n" + "".join(rows[1:]) + "\r\n\n"
+    if defect in ("crlf", "all"):
+        text = text.replace("\r\n", "\n").replace("\n", "\r\n")
+    data = text.encode()
+    return b"\xef\xbb\xbf" + data if defect in ("bom", "all") else data
+
+
+def test_tsv_with_bom_crlf_and_blank_lines_gives_the_clean_tables(tmp_path):
+    """A byte-order mark at the start, CRLF line ends and blank lines (a trailing one too) in
+    collection, queries and qrels leave the tables the clean files give."""
+    (tmp_path / "clean").mkdir()
+    (tmp_path / "dirty").mkdir()
+    clean = prepare_data(_tsv_files(tmp_path / "clean", *CLEAN_TSV), tmp_path / "clean-out")
+    files = [_dirty(text, "all") for text in CLEAN_TSV]
+    dirty = prepare_data(_tsv_files(tmp_path / "dirty", *files), tmp_path / "dirty-out")
+    assert _tables(dirty) == _tables(clean)
+    assert _tables(clean)[2] == {"10": {"1": 2, "2": 0}, "11": {"3": 1}}
+    for name in ("num_corpus", "num_queries", "num_qrels", "corpus_hash", "queries_hash"):
+        assert getattr(dirty, name) == getattr(clean, name), name
+
+
+@pytest.mark.parametrize("defect", ["bom", "crlf", "blank", "all"])
+def test_tsv_readers_read_past_each_defect(tmp_path, defect):
+    """Each defect alone, read by the TSV and qrels readers: the clean file's rows, ids and
+    texts unchanged (a BOM is not part of the first id, a CR not part of a text)."""
+    collection, queries, qrels = CLEAN_TSV
+    rows = {}
+    for kind, text in (("clean", collection), (defect, collection)):
+        path = tmp_path / f"{kind}-collection.tsv"
+        path.write_bytes(text.encode() if kind == "clean" else _dirty(text, defect))
+        rows[kind] = [row[1:] for row in datasets.iter_tsv(str(path), ("pid", "text"))]
+    assert rows[defect] == rows["clean"] == [
+        ("1", "first passage"), ("2", "second passage"), ("3", "third passage")
+    ]  # fmt: skip
+    path = tmp_path / "queries.tsv"
+    path.write_bytes(_dirty(queries, defect))
+    assert [row[1] for row in datasets.iter_tsv(str(path), ("qid", "text"))] == ["10", "11"]
+    path = tmp_path / "qrels.tsv"
+    path.write_bytes(_dirty(qrels, defect))
+    assert [row[1:] for row in datasets.iter_trec_qrels(str(path))] == [
+        ("10", "1", 2), ("10", "2", 0), ("11", "3", 1)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json"])
+def test_dataset_file_with_bom_and_crlf_gives_the_clean_tables(tmp_path, fmt):
+    """A byte-order mark and CRLF line ends in a ``--dataset`` JSONL or JSON file are not data."""
+    if fmt == "jsonl":
+        text = "".join(json.dumps(r) + "\n" for r in ROWS)
+    else:
+        text = json.dumps(ROWS, indent=1)
+    clean = tmp_path / f"clean.{fmt}"
+    clean.write_bytes(text.encode())
+    dirty = tmp_path / f"dirty.{fmt}"
+    dirty.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode() + b"\r\n")
+    tables = [
+        _tables(prepare_data(DataConfig(dataset=str(path)), tmp_path / f"out-{path.stem}"))
+        for path in (clean, dirty)
+    ]
+    assert tables[1] == tables[0]
+    assert [r["text"] for r in tables[1][1]] == [r["query"] for r in ROWS]
 
 
 def test_tsv_layout_and_tables_on_s3(tmp_path, s3_bucket):

@@ -88,3 +88,75 @@ def test_agrees_with_pytrec_eval_on_random_runs(seed):
         reference = _pytrec(rankings, qrels, k)
         for name, value in reference.items():
             assert ours[name] == pytest.approx(value, abs=1e-12), (name, seed)
+
+
+def _pytrec_by_convention(rankings, qrels, k):
+    """pytrec_eval's per-query values, averaged by this project's convention, spelled out.
+
+    pytrec_eval scores every query of the run that has judgements, including a query whose
+    judgements are all grade 0 (it scores 0), and leaves out a query the run lacks. The
+    project's convention (:func:`rerank_ray.metrics.evaluate`) averages over the queries with
+    at least one passage of grade >= 1 only: a query without one is excluded (whether its
+    judgements are all 0 or it has none), and such a query that the run lacks scores 0.
+    """
+    run = {q: {p: float(len(r) - i) for i, p in enumerate(r)} for q, r in rankings.items()}
+    run_at_k = {q: {p: float(len(r) - i) for i, p in enumerate(r[:k])} for q, r in rankings.items()}
+    full = pytrec_eval.RelevanceEvaluator(qrels, {f"recall.{k}", f"ndcg_cut.{k}"}).evaluate(run)
+    cut = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(run_at_k)
+    counted = [q for q, judged in qrels.items() if any(g >= 1 for g in judged.values())]
+
+    def mean(results, measure):
+        return sum(results[q][measure] if q in results else 0.0 for q in counted) / len(counted)
+
+    return {
+        f"recall@{k}": mean(full, f"recall_{k}"),
+        f"ndcg@{k}": mean(full, f"ndcg_cut_{k}"),
+        f"mrr@{k}": mean(cut, "recip_rank"),
+    }
+
+
+def _graded_random_case(seed):
+    """40 queries judged on grades 0-3: some with no passage of grade >= 1, some that the run
+    lacks, some ranked with an empty list, and run queries that have no judgements at all."""
+    rng = random.Random(seed)
+    docs = [f"d{i}" for i in range(60)]
+    qrels, rankings = {}, {}
+    for q in range(40):
+        qid = f"q{q}"
+        judged = rng.sample(docs, rng.randint(1, 8))
+        if q % 7 == 0:
+            qrels[qid] = dict.fromkeys(judged, 0)  # judged, none relevant
+        else:
+            qrels[qid] = {d: rng.choice([0, 1, 2, 3]) for d in judged}
+            qrels[qid][judged[0]] = rng.choice([1, 2, 3])  # at least one relevant
+        if q % 5 == 1:
+            continue  # missing from the run
+        if q % 11 == 2:
+            rankings[qid] = []
+        else:
+            # biased towards the judged passages, so that cutoffs and grades matter
+            pool = judged + rng.sample(docs, 20)
+            rankings[qid] = list(dict.fromkeys(rng.sample(pool, rng.randint(1, len(pool)))))
+    for extra in range(5):
+        rankings[f"unjudged{extra}"] = rng.sample(docs, 10)
+    return qrels, rankings
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_graded_qrels_with_unjudged_unranked_and_irrelevant_queries_agree_with_pytrec_eval(
+    seed,
+):
+    """Graded relevance (0-3), queries without a relevant passage (all grade 0, or ranked but
+    not judged), queries missing from the run: evaluate agrees with pytrec_eval's per-query
+    values averaged over the queries that have a relevant passage (unranked ones scoring 0)."""
+    qrels, rankings = _graded_random_case(seed)
+    relevant = {q for q, judged in qrels.items() if max(judged.values()) >= 1}
+    assert set(qrels) - relevant and relevant - set(rankings)  # the case has both kinds
+    for k in (1, 2, 5, 10, 100):
+        names = [f"recall@{k}", f"mrr@{k}", f"ndcg@{k}"]
+        result = evaluate(rankings, qrels, names)
+        reference = _pytrec_by_convention(rankings, qrels, k)
+        for name, value in reference.items():
+            assert result.metrics[name] == pytest.approx(value, abs=1e-12), (name, seed)
+        assert result.evaluated_queries == len(relevant)
+        assert set(result.per_query) == relevant
