@@ -19,7 +19,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -187,6 +186,9 @@ def _options_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the result")
     parser.add_argument(
+        "-v", "--verbose", action="store_true", help="also print the libraries' own messages"
+    )
+    parser.add_argument(
         "--force", action="store_true", help="run: redo stages that are already complete"
     )
     return parser
@@ -307,10 +309,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rerank-ray`` script; returns the exit status."""
     args = build_parser().parse_args(argv)
     quiet = getattr(args, "quiet", False)
-    logging.basicConfig(
-        level=logging.WARNING if quiet else logging.INFO,
-        format="rerank-ray: %(message)s",
-    )
+    from rerank_ray.logs import configure
+
+    configure(quiet=quiet, verbose=getattr(args, "verbose", False))
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         if args.command == "submit":

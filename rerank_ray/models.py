@@ -456,10 +456,18 @@ def build_smoke_reranker(cache_dir: str | None = None) -> str:
         return target
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
 
     encoder = _minilm_path()
     generator = torch.Generator().manual_seed(SMOKE_SEED)
-    model = AutoModelForSequenceClassification.from_pretrained(encoder, num_labels=1)
+    # The head is missing from the encoder's checkpoint by design (it is drawn below), so
+    # transformers' load report of the missing weights is not shown.
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(encoder, num_labels=1)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if not name.startswith("bert.encoder") and not name.startswith("bert.embeddings"):
