@@ -9,7 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from rerank_ray.embed import to_fixed_size_list
-from rerank_ray.search import BlockSearch, exact_search, merge_topk
+from rerank_ray.search import BlockSearch, _round_down, exact_search, merge_topk
+
+#: bfloat16's unit roundoff: round to nearest moves a value by at most ``U`` of it.
+U = 2.0**-8
 
 
 def brute_force(queries, corpus, pids, k):
@@ -90,6 +93,177 @@ def test_shortlist_error_bound_holds(dim):
     allowed = error.numpy()[:, None] + relative * np.abs(approx)
     assert np.all(np.abs(exact - approx) <= allowed)
     assert np.abs(exact - approx).max() > allowed.max() / 20
+
+
+def _tie_direction(dim: int, rng) -> np.ndarray:
+    """``dim`` signed powers of two (``1 .. 2^9``) whose squared norm ``W`` is ``2^20 + 2^12 -
+    j``: the bfloat16 rounding tie ``2^20 (1 + 2^-8)`` (``j = 0``) or ``j <= 2`` below it, so a
+    bfloat16 product of two multiples of it rounds down by (almost) ``U`` of the result. (A sum
+    of ``n`` powers of 4 is ``n`` mod 3, hence ``j``.)"""
+    j = (2 - dim) % 3
+    total = 4**10 + 4**6 - j
+    exponents = [e for e in range(11) for _ in range(total // 4**e % 4)]  # base-4 digits
+    while len(exponents) < dim:  # 4^e = 4 * 4^(e-1): split the largest square
+        exponents.sort()
+        exponents += [exponents.pop() - 1] * 4
+    assert len(exponents) == dim and sum(4**e for e in exponents) == total
+    return rng.permutation(2.0 ** np.array(exponents) * rng.choice([-1.0, 1.0], dim))
+
+
+def _rounding_down_by_u(direction, scales, rng, dtype) -> np.ndarray:
+    """Rows ``scale * direction * (1 + 2^-8 - eta)``: every component on, or just below, the
+    bfloat16 tie above ``scale * direction`` (``eta`` a multiple of ``dtype``'s resolution below
+    ``2^-10``, zero in row 0), so each rounds down by (almost) ``U`` of itself, and the rounding
+    residual is (nearly) parallel to the row."""
+    step = 2.0**-10 if dtype == np.float16 else 2.0**-20
+    eta = np.floor(rng.uniform(0, 2.0**-10, (len(scales), len(direction))) / step) * step
+    eta[0] = 0
+    return (scales[:, None] * direction * (1 + U - eta)).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("dim", [8, 384, 1024])
+def test_shortlist_error_bound_is_tight_on_parallel_vectors(dim, dtype):
+    """The bound holds, and is nearly attained, where every rounding goes the same way.
+
+    Queries and passages are (near-)parallel: ``+-2^s w (1 + 2^-8 - eta)`` with ``w`` from
+    :func:`_tie_direction` and ``eta`` below bfloat16's resolution (zero for the first query and
+    passage). Stored as float32, or float16 (queries too), which the search widens to float32.
+    Every component rounds down by ``U`` of itself, so the rounding residuals are parallel to
+    the vectors (Cauchy-Schwarz is an equality) and the bound's three rounding terms are all
+    attained at once, each ``U |q| |d|`` (a third of the bound) for the first pair:
+
+    ==================================  =====================================  ================
+    term of the bound                   attained because                       without the term
+    ==================================  =====================================  ================
+    passage residual                    ``d`` rounds down by ``U |d|``         the bound fails
+    ``|bf16(q)| U |d|``
+    query residual                      ``q`` rounds down by ``U |q|``         the bound fails
+    ``|q - bf16(q)| |bf16(d)|``
+    output rounding                     ``bf16(q) . bf16(d) = 2^s W``, at or   the bound fails
+    ``relative |approx|``               just below a tie, rounds down
+    ==================================  =====================================  ================
+
+    The exact score is then ``(1 + 2^-8)^3`` times ``approx``, about ``3 U |approx|`` off, which
+    the bound allows with only its 0.1 % norm padding and its float32 accumulation term to spare
+    (the accumulation is exact here: a pair's products are powers of two of one sign, and their
+    partial sums multiples of the smallest product, fewer than ``2^24`` of them). So the largest deviation is asserted to reach 98 % of the bound: without any one
+    of the three terms the bound fails on the first pair. Negative multiples check ``|approx|``.
+    """
+    import torch
+
+    rng = np.random.default_rng(dim)
+    direction = _tie_direction(dim, rng)
+    query_scales = 2.0 ** rng.integers(-3, 4, 16) * rng.choice([-1.0, 1.0], 16)
+    queries = _rounding_down_by_u(direction, query_scales, rng, dtype)
+    corpus = _rounding_down_by_u(direction, rng.choice([-1.0, 1.0], 64), rng, dtype)
+    search = BlockSearch(queries, k=10)
+    # As BlockSearch.add hands a block to _candidates: the stored dtype, on the search's device.
+    approx, error, relative = search._approximate(torch.from_numpy(corpus).to(search.device))
+    approx = approx.double().cpu().numpy()
+    exact = queries.astype(np.float64) @ corpus.astype(np.float64).T
+    deviation = np.abs(exact - approx)
+    allowed = error.cpu().numpy()[:, None] + relative * np.abs(approx)
+    assert np.all(deviation <= allowed)
+    assert (deviation / allowed).max() >= 0.98
+
+
+def _inverted_pair(dim: int, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(w, top, rival)``: a bfloat16-exact query whose exact top passage ``top`` has a
+    bfloat16 score a full bfloat16 step more than the error bound below ``rival``'s.
+
+    ====  ==================  =======================  ===============================
+    comp  ``w``               ``top`` (its bf16)       ``rival`` (its bf16)
+    ====  ==================  =======================  ===============================
+    1     ``1 - 2^-7``        ``1 + 2^-8`` (``1``)     ``1 + 2^-8 + 2^-20`` (``1 + 2^-7``)
+    2     ``2^-4 - 2^-12``    ``2^-5 (1 + 2^-8)``      0
+    3     ``105 / 128``       0                        ``2^-1 (1 + 2^-8 + 2^-20)`` (up)
+    4     ``209 / 256``       0                        ``-2^-1 (1 + 2^-8)`` (down)
+    5     ``2^-5 + 2^-11``    0                        ``-2^-6 (1 + 2^-8)`` (down)
+    rest  ``+-2^-9``          0                        0
+    ====  ==================  =======================  ===============================
+
+    ``top``'s float32 product is ``1 - 1.5 * 2^-8 - 2^-17``, just below a tie: it rounds down to
+    ``1 - 2^-7``, and each component of ``top`` was rounded down at a tie as well. ``rival``'s
+    is about ``1 + 1.18 * 2^-8``, past a tie: it rounds up to ``1 + 2^-7``, and each component of
+    ``rival`` was rounded so as to raise its product. Exactly, ``top`` leads by about ``2^-11``;
+    in bfloat16, ``rival`` leads by ``2^-6``. The bound is about ``1.9 * 2^-8`` (``error``,
+    from ``|w| |rival|`` = 1.88) plus ``2^-8`` (``relative``): ``approx(rival)`` less it is
+    about ``1 - 0.9 * 2^-8``, which rounds down to ``1 - 2^-8``, a step above ``approx(top)``.
+    """
+    core_w = [1 - 2.0**-7, 2.0**-4 - 2.0**-12, 105 / 128, 209 / 256, 2.0**-5 + 2.0**-11]
+    core_top = [1 + U, 2.0**-5 * (1 + U), 0, 0, 0]
+    up, down = 1 + U + 2.0**-20, -(1 + U)
+    core_rival = [up, 0, 2.0**-1 * up, 2.0**-1 * down, 2.0**-6 * down]
+    w = rng.choice([-1.0, 1.0], dim) * 2.0**-9
+    top, rival = np.zeros(dim), np.zeros(dim)
+    core = rng.permutation(dim)[:5]
+    w[core], top[core], rival[core] = core_w, core_top, core_rival
+    return w, top, rival
+
+
+@pytest.mark.parametrize("shortlist", [True, False])
+@pytest.mark.parametrize("dim", [8, 384, 1024])
+def test_first_block_keeps_a_passage_its_approximate_kth_outranks_by_more_than_the_bound(
+    dim, shortlist
+):
+    """Before a query has k exact scores, a block's lower bound is its approximate k-th score
+    minus the error bound; the approximate k-th itself would drop the exact top-1 here.
+
+    :func:`_inverted_pair` gives a query ``w`` (also as ``2^s w``, all bfloat16-exact, and
+    ``-w``) whose exact top passage ``top`` has a bfloat16 score more than the bound and a
+    bfloat16 step below ``rival``'s. With k = 1 and both in the first block, a lower bound of
+    ``approx(rival)`` itself puts the bar (it less the bound, rounded down) at ``1 - 2^-8``,
+    above ``approx(top) = 1 - 2^-7``, and loses ``top``; the right lower bound (``approx(rival)``
+    less the bound) puts it at ``1 - 2^-6``. Asserted: the inversion (against
+    ``_approximate``), then the result against float64 brute force for block splits that put
+    both in the first block, with fillers of half ``rival``'s norm. float32 only: ``rival`` lies
+    ``2^-20`` above ties, closer than float16 resolves. Rounding the bar down gives a bfloat16
+    step of slack, which is why the inversion has to exceed the bound by a step to show a
+    missing error term.
+    """
+    import torch
+
+    rng = np.random.default_rng(dim)
+    w, top, rival = _inverted_pair(dim, rng)
+    fillers = rng.standard_normal((30, dim))
+    fillers *= np.linalg.norm(rival) / 2 / np.linalg.norm(fillers, axis=1, keepdims=True)
+    corpus = np.vstack([rival, top, fillers]).astype(np.float32)
+    queries = (np.array([1, 2.0**-3, 2.0**4, -1])[:, None] * w).astype(np.float32)
+    pids = np.array([f"p{i:03d}" for i in rng.permutation(len(corpus))])
+    exact = queries.astype(np.float64) @ corpus.astype(np.float64).T
+    assert np.all(exact[:3, 1] > exact[:3, 0])
+    search = BlockSearch(queries, k=1)
+    approx, error, relative = search._approximate(torch.from_numpy(corpus).to(search.device))
+    approx = approx.double().cpu().numpy()
+    if shortlist:
+        allowed = error.cpu().numpy()[:3] + relative * np.abs(approx[:3, 1])
+        assert np.all(approx[:3, 0] - approx[:3, 1] > allowed)
+    ids, scores = brute_force(queries, corpus, pids, 1)
+    assert [row[0] for row in ids[:3]] == [pids[1]] * 3
+    for block in (2, 7, len(corpus)):
+        result = blockwise(queries, corpus, pids, 1, block, shortlist=shortlist)
+        assert result.ids.tolist() == ids
+        np.testing.assert_allclose(result.scores, scores, rtol=1e-12, atol=1e-12)
+
+
+def test_round_down_gives_the_largest_value_not_above():
+    """The shortlist bar is rounded down to the comparison's dtype, not to nearest: past a
+    midpoint, ``1 + 0.75 * 2^-7`` gives 1, not ``1 + 2^-7``. Checked independently of how it
+    rounds: ``rounded <= value < the next value of dtype above rounded``."""
+    import torch
+
+    rng = np.random.default_rng(5)
+    midpoints = [1 + 0.75 * 2.0**-7, -(1 + 0.25 * 2.0**-7), 1 + 0.75 * 2.0**-23, 3.0, -0.0]
+    spread = rng.standard_normal(2000) * 10.0 ** rng.uniform(-30, 30, 2000)
+    values = torch.tensor([*midpoints, *spread, 1e-45, -1e-45], dtype=torch.float64)
+    for dtype in (torch.bfloat16, torch.float32):
+        rounded = _round_down(values, dtype)
+        above = torch.nextafter(rounded, torch.tensor(torch.inf, dtype=dtype))
+        assert rounded.dtype == dtype
+        assert bool((rounded.double() <= values).all())
+        assert bool((above.double() > values).all())
+    assert _round_down(values[:2], torch.bfloat16).tolist() == [1.0, -(1 + 2.0**-7)]
 
 
 def _write_embedding_files(directory, id_column, ids, vectors, parts):
