@@ -21,6 +21,9 @@ import pytest
 
 from rerank_ray.local_ray import SESSIONS_DIR_ENV, record_session
 
+#: Each test starts Ray in subprocess drivers of its own.
+pytestmark = pytest.mark.slow
+
 #: Servers that Ray 2.60 cannot bind to loopback on a loopback node, with the reason. None: with
 #: a loopback node IP, GCS, raylet (node manager, object manager), core workers, the dashboard
 #: agent (gRPC, HTTP, metrics export), the runtime-env agent and the autoscaler's metrics all

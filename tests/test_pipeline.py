@@ -351,6 +351,7 @@ def test_embed_actor_writes_float16_when_asked(minilm_path):
     )
 
 
+@pytest.mark.slow
 def test_tokenizing_upstream_gives_the_same_vectors(ray_session, msmarco, tmp_path):
     """The GPU layout (tokenize in CPU tasks, model in actors) equals the model tokenizing
     its own texts in this process (what a one-actor pool runs), counts included."""
