@@ -1,4 +1,5 @@
-"""Model loading and batch encoding: equal to FlagModel.encode on the same texts."""
+"""Model loading and batch encoding: equal to a FlagModel that the test builds itself, with the
+pooling, max lengths and instruction it expects written out."""
 
 from __future__ import annotations
 
@@ -45,37 +46,124 @@ def test_length_batches_respect_rows_and_tokens():
     assert [b.tolist() for b in length_batches([1000], 8, 10)] == [[0]]  # never empty
 
 
+#: BGE v1.5's query instruction: a real one, long enough to matter under a short max length.
+INSTRUCTION = "Represent this sentence for searching relevant passages: "
+
+
 @pytest.fixture(scope="module")
-def embedder():
-    return Embedder(
-        "minilm", EmbedderOptions(batch_size=16, max_tokens_per_batch=2048), device="cpu"
+def msmarco_texts(msmarco) -> tuple[list[str], list[str]]:
+    """Real MS MARCO queries and positive passages, plus all the passages in one, longer
+    than 512 tokens."""
+    with open(msmarco / "dev.jsonl") as handle:
+        rows = [json.loads(next(handle)) for _ in range(8)]
+    passages = [r["positive"][0] for r in rows]
+    passages.append(" ".join(passages))
+    return [r["query"] for r in rows], passages
+
+
+def flag_oracle(
+    path: str,
+    pooling: str,
+    query_max_length: int,
+    passage_max_length: int,
+    instruction: str | None = None,
+):
+    """A FlagModel built here with every option that decides a vector written out: the
+    reference the project's Embedder must equal (float32 on the CPU). It encodes one text per
+    forward pass, so no padding: the reference does not depend on how texts are batched."""
+    from FlagEmbedding import FlagModel
+
+    return FlagModel(
+        path,
+        pooling_method=pooling,
+        normalize_embeddings=True,
+        query_max_length=query_max_length,
+        passage_max_length=passage_max_length,
+        query_instruction_for_retrieval=instruction,
+        query_instruction_format="{}{}",
+        use_fp16=False,
+        devices=["cpu"],
+        batch_size=1,
     )
 
 
-def test_encode_equals_flagmodel_encode(embedder, msmarco):
-    with open(msmarco / "dev.jsonl") as handle:
-        rows = [json.loads(next(handle)) for _ in range(60)]
-    passages = [r["positive"][0] for r in rows]
-    passages.append(" ".join(passages[:8]))  # longer than 256 tokens: truncated the same way
-    queries = [r["query"] for r in rows]
-    ours = embedder.encode_corpus(passages)
-    bare = embedder.flag_model.encode_corpus(passages, batch_size=64, convert_to_numpy=True)
-    assert ours.dtype == np.float32 and ours.shape == (61, 384)
-    assert np.min(np.sum(ours * bare, axis=1)) > 0.9999
-    assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
-    ours_q = embedder.encode_queries(queries)
-    bare_q = embedder.flag_model.encode_queries(queries, batch_size=64, convert_to_numpy=True)
-    assert np.min(np.sum(ours_q * bare_q, axis=1)) > 0.9999
-    assert embedder.stats.truncated >= 1
+def assert_same_vectors(ours: np.ndarray, expected: np.ndarray) -> None:
+    """Equal to float32 rounding: max |difference| and max 1 - cos both under 1e-6."""
+    assert ours.dtype == np.float32 and ours.shape == expected.shape
+    assert np.max(np.abs(ours - expected)) < 1e-6
+    cosine = np.sum(ours * expected, axis=1) / (
+        np.linalg.norm(ours, axis=1) * np.linalg.norm(expected, axis=1)
+    )
+    assert np.max(1 - cosine) < 1e-6
+
+
+def token_counts(tokenizer, texts: list[str]) -> list[int]:
+    """Tokens of each text with special tokens, untruncated."""
+    return [len(ids) for ids in tokenizer(texts, verbose=False)["input_ids"]]
+
+
+def test_minilm_embeds_as_a_mean_pooled_flagmodel_at_256_tokens(minilm_path, msmarco_texts):
+    queries, passages = msmarco_texts
+    embedder = Embedder(
+        "minilm",
+        EmbedderOptions(query_instruction=INSTRUCTION, batch_size=16, max_tokens_per_batch=2048),
+        device="cpu",
+    )
+    oracle = flag_oracle(minilm_path, "mean", 256, 256, INSTRUCTION)
+    assert max(token_counts(oracle.tokenizer, passages)) > 256  # the cut at 256 matters
+    assert_same_vectors(embedder.encode_corpus(passages), oracle.encode_corpus(passages))
+    assert_same_vectors(embedder.encode_queries(queries), oracle.encode_queries(queries))
+    assert embedder.stats.truncated == sum(
+        n >= 256 for n in token_counts(oracle.tokenizer, passages)
+    )
     assert embedder.encode_corpus([]).shape == (0, 384)
 
 
-def test_query_instruction_is_prepended(minilm_path):
-    instruction = "Represent this sentence for searching relevant passages: "
-    with_instruction = Embedder(
-        "minilm", EmbedderOptions(query_instruction=instruction), device="cpu"
+def test_short_max_lengths_cut_queries_and_passages_as_flagmodel(minilm_path, msmarco_texts):
+    queries, passages = msmarco_texts
+    options = EmbedderOptions(
+        query_instruction=INSTRUCTION, query_max_length=14, passage_max_length=32, batch_size=8
     )
-    plain = with_instruction.encode_corpus([instruction + "what is ray"])
-    assert np.allclose(with_instruction.encode_queries(["what is ray"]), plain, atol=1e-6)
-    bare = with_instruction.flag_model.encode_queries(["what is ray"], convert_to_numpy=True)
-    assert float(np.sum(plain * bare)) > 0.9999
+    embedder = Embedder("minilm", options, device="cpu")
+    oracle = flag_oracle(minilm_path, "mean", 14, 32, INSTRUCTION)
+    instructed = [INSTRUCTION + q for q in queries]
+    assert sum(n > 14 for n in token_counts(oracle.tokenizer, instructed)) > len(queries) // 2
+    assert all(n > 32 for n in token_counts(oracle.tokenizer, passages))
+    assert_same_vectors(embedder.encode_corpus(passages), oracle.encode_corpus(passages))
+    assert_same_vectors(embedder.encode_queries(queries), oracle.encode_queries(queries))
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_path(tmp_path_factory, minilm_path) -> str:
+    """A 2-layer BERT with seeded random weights and MiniLM's tokenizer, saved as safetensors
+    without a ``1_Pooling`` folder or ``sentence_bert_config.json``: a BGE-style model, whose
+    pooling is CLS and whose max length is 512."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    config = BertConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=tokenizer.vocab_size,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(1234)
+        model = BertModel(config)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    assert not (path / "1_Pooling").exists() and not (path / "sentence_bert_config.json").exists()
+    return str(path)
+
+
+def test_a_model_without_pooling_config_embeds_as_a_cls_flagmodel(tiny_bert_path, msmarco_texts):
+    queries, passages = msmarco_texts
+    assert default_pooling(tiny_bert_path) == "cls"
+    embedder = Embedder(tiny_bert_path, device="cpu")
+    oracle = flag_oracle(tiny_bert_path, "cls", 512, 512)
+    assert max(token_counts(oracle.tokenizer, passages)) > 512  # the cut at 512 matters
+    assert_same_vectors(embedder.encode_corpus(passages), oracle.encode_corpus(passages))
+    assert_same_vectors(embedder.encode_queries(queries), oracle.encode_queries(queries))

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from rerank_ray import Reranker
-from rerank_ray.models import sigmoid
+from rerank_ray.models import CrossEncoder, build_smoke_reranker, sigmoid
 from rerank_ray.rerank import rank_scored_pairs
 
 
@@ -35,17 +35,37 @@ def msmarco_pairs(msmarco):
     return [(r["query"], rows[(i * 7) % 30]["positive"][0]) for i, r in enumerate(rows)]
 
 
-def test_scores_equal_flagreranker_compute_score(reranker, msmarco_pairs):
+def test_cross_encoder_scores_equal_a_flagreranker_built_here(reranker, msmarco_pairs):
     from FlagEmbedding import FlagReranker
 
-    pairs = msmarco_pairs + [("long query " * 80, "long passage " * 400)]  # both sides cut
-    bare = FlagReranker(reranker.path, use_fp16=False, devices=["cpu"])
-    expected = bare.compute_score(pairs, batch_size=5, max_length=64)
-    ours = reranker.score(pairs)
-    assert len(ours) == len(pairs)
-    assert np.max(np.abs(np.array(ours) - np.array(expected))) < 1e-4
-    normalized = bare.compute_score(pairs, batch_size=5, max_length=64, normalize=True)
-    assert np.allclose(sigmoid(np.array(ours)), normalized, atol=1e-6)
+    passages = [p for _, p in msmarco_pairs]
+    pairs = (
+        msmarco_pairs[:12]
+        + [
+            (msmarco_pairs[0][0], " ".join(passages)),  # a real passage cut to fit 64 tokens
+            (" ".join(passages[:3]), passages[3]),  # a real text as the query: cut at 48 tokens
+            ("long query " * 80, "long passage " * 400),  # both sides cut
+        ]
+    )
+    path = build_smoke_reranker()
+    encoder = CrossEncoder("minilm-smoke", device="cpu", batch_size=8, max_length=64)
+    assert encoder.path == path
+    # Pairs cut at 64 tokens, queries at 48 (3/4 of it); one pair per pass, so no padding.
+    oracle = FlagReranker(
+        path, use_fp16=False, devices=["cpu"], batch_size=1, max_length=64, query_max_length=48
+    )
+    query_lengths = [
+        len(ids)
+        for ids in oracle.tokenizer([q for q, _ in pairs], add_special_tokens=False)["input_ids"]
+    ]
+    assert sum(n > 48 for n in query_lengths) == 2  # the query cut matters
+    expected = np.array(oracle.compute_score(pairs))
+    ours = encoder.score(pairs)
+    assert ours.dtype == np.float32 and ours.shape == (len(pairs),)
+    assert np.max(np.abs(ours - expected)) < 1e-5
+    assert np.array_equal(reranker.score(pairs), ours)  # the public API scores the same
+    normalized = oracle.compute_score(pairs[-3:], normalize=True)
+    assert np.max(np.abs(sigmoid(ours[-3:]) - np.array(normalized))) < 1e-6
 
 
 def test_rerank_sorts_and_reports_sigmoid(reranker, msmarco_pairs):
