@@ -121,10 +121,13 @@ def configure(quiet: bool = False, verbose: bool = False) -> None:
 
     ``quiet``: only warnings, errors and the result. ``verbose``: every library's messages.
     """
+    root = logging.getLogger()
+    # Ours replaces an earlier call's; handlers others installed (a test's capture) stay.
+    root.handlers[:] = [h for h in root.handlers if not getattr(h, "rerank_ray", False)]
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
+    handler.rerank_ray = True
+    root.addHandler(handler)
     root.setLevel(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("rerank_ray").setLevel(logging.WARNING if quiet else logging.INFO)
     if verbose:
