@@ -113,6 +113,7 @@ class Pipeline:
         self.manifest.setdefault("stages", {})
         self.manifest["versions"] = library_versions()
         self._models: dict = {}
+        self._supplied_checked = False
 
     def close(self) -> None:
         """Release the run directory (idempotent); the pipeline writes nothing afterwards."""
@@ -505,7 +506,10 @@ class Pipeline:
 
     def check_supplied(self) -> None:
         """Supplied vectors are Parquet with an id column and ``embedding``, and share one
-        dimension with each other or, where one role is computed, with the embedder's."""
+        dimension with each other or, where one role is computed, with the embedder's
+        (checked once per pipeline: ``run`` checks before any stage, ``embed`` alone too)."""
+        if self._supplied_checked:
+            return
         from rerank_ray.cache import supplied_dimension
         from rerank_ray.errors import DataError
         from rerank_ray.models import model_dimension
@@ -532,6 +536,7 @@ class Pipeline:
                 f"{path}: {dimension}-dimensional embeddings, but {other} have"
                 f" {other_dimension} dimensions"
             )
+        self._supplied_checked = True
 
     def run_all(self, resume: bool = True) -> dict:
         """prepare → embed → retrieve → rerank → evaluate; returns the metrics.
