@@ -23,167 +23,17 @@ import os
 import sys
 from collections.abc import Sequence
 
-from rerank_ray.config import DEFAULT_EMBEDDER, DEFAULT_TOP_K, RunConfig
+from rerank_ray.config import HELP_GROUPS, RunConfig
 from rerank_ray.errors import UserError
-from rerank_ray.rerank import DEFAULT_RERANKER
-
-#: Parser destination → dotted path in :class:`RunConfig`.
-OPTION_PATHS = {
-    "dataset": "data.dataset",
-    "split": "data.split",
-    "corpus_rows": "data.corpus_rows",
-    "num_queries": "data.num_queries",
-    "corpus": "data.corpus",
-    "queries": "data.queries",
-    "qrels": "data.qrels",
-    "embedder": "embedder",
-    "pooling": "embedding.pooling",
-    "query_max_length": "embedding.query_max_length",
-    "passage_max_length": "embedding.passage_max_length",
-    "query_instruction": "embedding.query_instruction",
-    "normalize": "embedding.normalize",
-    "batch_size": "embedding.batch_size",
-    "max_tokens_per_batch": "embedding.max_tokens_per_batch",
-    "embedding_storage": "embedding.storage",
-    "reranker": "rerank.model",
-    "rerank_top_k": "rerank.top_k",
-    "reranker_max_length": "rerank.max_length",
-    "reranker_batch_size": "rerank.batch_size",
-    "top_k": "top_k",
-    "address": "compute.address",
-    "device": "compute.device",
-    "num_actors": "compute.num_actors",
-    "max_actors": "compute.max_actors",
-    "num_gpus_per_actor": "compute.num_gpus_per_actor",
-    "rows_per_call": "compute.rows_per_call",
-    "corpus_embeddings": "corpus_embeddings",
-    "query_embeddings": "query_embeddings",
-    "cache_dir": "cache_dir",
-    "use_cache": "use_cache",
-}
-
-STAGE_COMMANDS = {
-    "run": ("prepare", "embed", "retrieve", "rerank", "evaluate"),
-    "embed": ("prepare", "embed"),
-    "retrieve": ("retrieve",),
-    "rerank": ("rerank", "evaluate"),
-    "evaluate": ("evaluate",),
-}
+from rerank_ray.options import add_arguments, walk
+from rerank_ray.stages import COMMANDS
 
 
 def _options_parser() -> argparse.ArgumentParser:
-    # Every default is SUPPRESS so that only options the user typed override a manifest.
-    parser = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
-    data = parser.add_argument_group("data")
-    data.add_argument(
-        "--dataset",
-        metavar="SRC",
-        help="namespace-Pt/msmarco schema: Hub name or .jsonl/.json/.parquet",
-    )
-    data.add_argument("--split", help="split of a Hub dataset (default: dev)")
-    data.add_argument(
-        "--corpus-rows", type=int, metavar="N", help="corpus = unique positives of the first N rows"
-    )
-    data.add_argument("--num-queries", type=int, metavar="M", help="queries = the first M rows")
-    data.add_argument(
-        "--corpus", metavar="SRC", help="collection.tsv (pid\\ttext), Parquet, JSONL or Hub corpus"
-    )
-    data.add_argument("--queries", metavar="SRC", help="queries.tsv (qid\\ttext)")
-    data.add_argument("--qrels", metavar="SRC", help="TREC qrels: qid 0 pid relevance")
-    model = parser.add_argument_group("embedding model")
-    model.add_argument(
-        "--embedder",
-        metavar="MODEL",
-        help=f"Hub name, local directory or 'minilm' (default: {DEFAULT_EMBEDDER})",
-    )
-    model.add_argument(
-        "--pooling", choices=("cls", "mean"), help="default: from the model (1_Pooling), else cls"
-    )
-    model.add_argument("--query-max-length", type=int, metavar="TOKENS")
-    model.add_argument("--passage-max-length", type=int, metavar="TOKENS")
-    model.add_argument("--query-instruction", metavar="TEXT", help="text put before every query")
-    model.add_argument(
-        "--no-normalize", dest="normalize", action="store_false", help="keep vectors unnormalized"
-    )
-    model.add_argument(
-        "--batch-size", type=int, metavar="N", help="most texts per forward pass (default: 64)"
-    )
-    model.add_argument(
-        "--max-tokens-per-batch", type=int, metavar="N", help="most padded tokens per forward pass"
-    )
-    model.add_argument(
-        "--embedding-storage",
-        choices=("float32", "float16"),
-        help="how vectors are stored: float16 halves the files and the search memory",
-    )
-    model.add_argument(
-        "--corpus-embeddings",
-        metavar="PATH",
-        help="precomputed Parquet (pid, embedding): skip embedding the corpus",
-    )
-    model.add_argument(
-        "--query-embeddings", metavar="PATH", help="precomputed Parquet (qid, embedding)"
-    )
-    model.add_argument(
-        "--cache-dir", metavar="DIR", help="embedding cache (default: ~/.cache/rerank-ray)"
-    )
-    model.add_argument(
-        "--no-cache",
-        dest="use_cache",
-        action="store_false",
-        help="neither reuse nor store embeddings",
-    )
-    rerank = parser.add_argument_group("reranker")
-    rerank.add_argument(
-        "--reranker",
-        metavar="MODEL",
-        help="cross-encoder: Hub name, local directory, 'minilm-smoke' (tests only) or none"
-        f" (default: {DEFAULT_RERANKER})",
-    )
-    rerank.add_argument(
-        "--rerank-top-k", type=int, metavar="N", help="rerank the top N retrieved (default: all)"
-    )
-    rerank.add_argument(
-        "--reranker-max-length", type=int, metavar="TOKENS", help="pair token limit (default: 512)"
-    )
-    rerank.add_argument(
-        "--reranker-batch-size",
-        type=int,
-        metavar="N",
-        help="most pairs per forward pass (default: 32)",
-    )
-    run = parser.add_argument_group("run")
-    run.add_argument(
-        "--top-k",
-        type=int,
-        metavar="K",
-        help=f"passages retrieved per query (default: {DEFAULT_TOP_K})",
-    )
-    run.add_argument("--out", "--run", dest="out", metavar="RUN_DIR", help="the run directory")
-    compute = parser.add_argument_group("compute")
-    compute.add_argument("--address", help="existing Ray cluster; default: embedded local Ray")
-    compute.add_argument(
-        "--device",
-        choices=("auto", "cuda", "cpu"),
-        help="auto (default): GPUs when the cluster has them or its autoscaler can launch"
-        " them; cuda: always GPUs; cpu: never",
-    )
-    compute.add_argument(
-        "--max-actors",
-        type=int,
-        metavar="N",
-        help="most model replicas of the autoscaling pool (default: one per GPU the cluster"
-        " has or can launch; one on CPUs)",
-    )
-    compute.add_argument(
-        "--num-actors", type=int, metavar="N", help="a fixed number of model replicas instead"
-    )
-    compute.add_argument(
-        "--num-gpus-per-actor", type=float, metavar="G", help="GPUs per replica (default: 1)"
-    )
-    compute.add_argument(
-        "--rows-per-call", type=int, metavar="N", help="rows per actor call (default: 4096)"
-    )
+    """Every stage option (generated from :class:`RunConfig`'s declarations) and the flags
+    that are not part of a run's config."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser, RunConfig, HELP_GROUPS)
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the result")
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="also print the libraries' own messages"
@@ -202,15 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     options = _options_parser()
-    helps = {
-        "run": "run every stage",
-        "embed": "prepare data and embed corpus and queries",
-        "retrieve": "exact top-k over a run's embeddings",
-        "rerank": "rerank a run's retrieved passages, then evaluate",
-        "evaluate": "metrics and report from a run's retrieval (and rerank) results",
-    }
-    for name, text in helps.items():
-        commands.add_parser(name, parents=[options], help=text, description=text)
+    for command in COMMANDS.values():
+        commands.add_parser(
+            command.name, parents=[options], help=command.help, description=command.help
+        )
     submit = commands.add_parser(
         "submit",
         help="run a command as a Ray job on a cluster and follow it",
@@ -244,14 +89,13 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Turn parsed options into a :class:`RunConfig`, on top of the run's manifest if any."""
     from rerank_ray.pipeline import load_config
 
-    given = vars(args)
-    if "out" not in given:
+    paths = {path for path, _ in walk(RunConfig)}
+    overrides = {path: value for path, value in vars(args).items() if path in paths}
+    if "out" not in overrides:
         raise UserError("--out RUN_DIR is required")
-    base = None if args.command == "run" else load_config(given["out"])
+    base = None if args.command == "run" else load_config(overrides["out"])
     if base is None:
-        base = RunConfig(out=given["out"])
-    overrides = {OPTION_PATHS[k]: v for k, v in given.items() if k in OPTION_PATHS}
-    overrides["out"] = given["out"]
+        base = RunConfig(out=overrides["out"])
     return base.updated(overrides)
 
 
@@ -326,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command == "run":
                 metrics = pipeline.run_all(resume=not getattr(args, "force", False))
             else:
-                for stage in STAGE_COMMANDS[args.command]:
+                for stage in COMMANDS[args.command].stages:
                     result = getattr(pipeline, stage)()
                     if stage == "evaluate":
                         metrics = result
@@ -338,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         user_error = _user_error_in(error)
         if user_error is None:
             raise
-        print(f"rerank-ray: error: {user_error}", file=sys.stderr)
+        print(f"rerank-ray: error: {user_error.shown_to_cli()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("rerank-ray: interrupted; completed stages are kept", file=sys.stderr)

@@ -7,10 +7,19 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from rerank_ray.datasets import DataConfig
 from rerank_ray.errors import ConfigError
 from rerank_ray.models import EmbedderOptions
+from rerank_ray.options import option
 from rerank_ray.rerank import RerankOptions
 
 DEFAULT_EMBEDDER = "BAAI/bge-m3"
 DEFAULT_TOP_K = 100
+#: The ``--help`` group of each section's options (top-level options: ``""``).
+HELP_GROUPS = {
+    "data": "data",
+    "embedding": "embedding model",
+    "rerank": "reranker",
+    "": "run",
+    "compute": "compute",
+}
 
 
 @dataclass(frozen=True)
@@ -29,35 +38,63 @@ class ComputeConfig:
         rows_per_call: Rows Ray Data hands each actor call.
     """
 
-    address: str | None = None
-    device: str = "auto"
-    num_actors: int | None = None
-    max_actors: int | None = None
-    num_gpus_per_actor: float | None = None
-    rows_per_call: int = 4096
+    address: str | None = option(
+        None, "--address", "existing Ray cluster; default: a private local Ray"
+    )
+    device: str = option(
+        "auto",
+        "--device",
+        "auto: GPUs when the cluster has them or its autoscaler can launch them; cuda: always"
+        " GPUs; cpu: never",
+        choices=("auto", "cuda", "cpu"),
+    )
+    num_actors: int | None = option(
+        None, "--num-actors", "a fixed number of model replicas instead", type=int, metavar="N"
+    )
+    max_actors: int | None = option(
+        None,
+        "--max-actors",
+        "most model replicas of the autoscaling pool (default: one per GPU the cluster has or"
+        " can launch; one on CPUs)",
+        type=int,
+        metavar="N",
+    )
+    num_gpus_per_actor: float | None = option(
+        None, "--num-gpus-per-actor", "GPUs per replica (default: 1)", type=float, metavar="G"
+    )
+    rows_per_call: int = option(
+        4096, "--rows-per-call", "rows per actor call", type=int, metavar="N"
+    )
 
     def __post_init__(self):
         from rerank_ray.pool import DEVICE_POLICIES
 
+        def refuse(message: str, *names: str):
+            raise ConfigError(message, ComputeConfig, *names)
+
         if self.device not in DEVICE_POLICIES:
-            raise ConfigError(f"--device must be auto, cuda or cpu, got {self.device!r}")
-        if self.num_actors is not None and self.num_actors < 1:
-            raise ConfigError(f"--num-actors must be at least 1, got {self.num_actors}")
-        if self.max_actors is not None and self.max_actors < 1:
-            raise ConfigError(f"--max-actors must be at least 1, got {self.max_actors}")
+            refuse(f"device must be auto, cuda or cpu, got {self.device!r}", "device")
+        for name in ("num_actors", "max_actors", "rows_per_call"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                refuse(f"{name} must be at least 1, got {value}", name)
         if self.num_actors is not None and self.max_actors is not None:
-            raise ConfigError(
-                "--num-actors (a fixed pool) and --max-actors (an autoscaling pool) exclude"
-                " each other"
+            refuse(
+                "num_actors (a fixed pool) and max_actors (an autoscaling pool) exclude each other",
+                "num_actors",
+                "max_actors",
             )
         if self.num_gpus_per_actor is not None and self.num_gpus_per_actor < 0:
-            raise ConfigError(
-                f"--num-gpus-per-actor must be at least 0, got {self.num_gpus_per_actor}"
+            refuse(
+                f"num_gpus_per_actor must be at least 0, got {self.num_gpus_per_actor}",
+                "num_gpus_per_actor",
             )
         if self.num_gpus_per_actor and self.device == "cpu":
-            raise ConfigError("--num-gpus-per-actor asks for GPUs, --device cpu for none")
-        if self.rows_per_call < 1:
-            raise ConfigError(f"--rows-per-call must be at least 1, got {self.rows_per_call}")
+            refuse(
+                "num_gpus_per_actor asks for GPUs, device cpu for none",
+                "num_gpus_per_actor",
+                "device",
+            )
 
 
 @dataclass(frozen=True)
@@ -79,21 +116,55 @@ class RunConfig:
         use_cache: Reuse and store embeddings in the cache.
     """
 
-    out: str
+    out: str = option(
+        flag="--out", help="the run directory", metavar="RUN_DIR", path=True, aliases=("--run",)
+    )
     data: DataConfig = field(default_factory=DataConfig)
-    embedder: str = DEFAULT_EMBEDDER
+    embedder: str = option(
+        DEFAULT_EMBEDDER,
+        "--embedder",
+        "Hub name, local directory or 'minilm'",
+        metavar="MODEL",
+        path=True,
+        group="embedding model",
+    )
     embedding: EmbedderOptions = field(default_factory=EmbedderOptions)
     rerank: RerankOptions = field(default_factory=RerankOptions)
-    top_k: int = DEFAULT_TOP_K
+    top_k: int = option(
+        DEFAULT_TOP_K, "--top-k", "passages retrieved per query", type=int, metavar="K"
+    )
     compute: ComputeConfig = field(default_factory=ComputeConfig)
-    corpus_embeddings: str | None = None
-    query_embeddings: str | None = None
-    cache_dir: str | None = None
-    use_cache: bool = True
+    corpus_embeddings: str | None = option(
+        None,
+        "--corpus-embeddings",
+        "precomputed Parquet (pid, embedding): skip embedding the corpus",
+        metavar="PATH",
+        path=True,
+        group="embedding model",
+    )
+    query_embeddings: str | None = option(
+        None,
+        "--query-embeddings",
+        "precomputed Parquet (qid, embedding)",
+        metavar="PATH",
+        path=True,
+        group="embedding model",
+    )
+    cache_dir: str | None = option(
+        None,
+        "--cache-dir",
+        "embedding cache (default: ~/.cache/rerank-ray)",
+        metavar="DIR",
+        path=True,
+        group="embedding model",
+    )
+    use_cache: bool = option(
+        True, "--no-cache", "neither reuse nor store embeddings", group="embedding model"
+    )
 
     def __post_init__(self):
         if self.top_k < 1:
-            raise ConfigError(f"--top-k must be at least 1, got {self.top_k}")
+            raise ConfigError(f"top_k must be at least 1, got {self.top_k}", RunConfig, "top_k")
 
     @property
     def reranker(self) -> str:

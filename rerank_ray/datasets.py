@@ -44,7 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow.fs import FileType
 
-from rerank_ray.errors import DataError
+from rerank_ray.errors import ConfigError, DataError
 from rerank_ray.io import (
     absolute,
     discard,
@@ -62,6 +62,7 @@ from rerank_ray.io import (
     split,
     temporary_sibling,
 )
+from rerank_ray.options import option
 
 log = logging.getLogger("rerank_ray")
 
@@ -98,30 +99,66 @@ class DataConfig:
         qrels: TREC qrels (``qid 0 pid rel``).
     """
 
-    dataset: str | None = None
-    split: str = "dev"
-    corpus_rows: int | None = None
-    num_queries: int | None = None
-    corpus: str | None = None
-    queries: str | None = None
-    qrels: str | None = None
+    dataset: str | None = option(
+        None,
+        "--dataset",
+        "namespace-Pt/msmarco schema: Hub name or .jsonl/.json/.parquet",
+        metavar="SRC",
+        path=True,
+    )
+    split: str = option("dev", "--split", "split of a Hub dataset")
+    corpus_rows: int | None = option(
+        None,
+        "--corpus-rows",
+        "corpus = unique positives of the first N rows",
+        type=int,
+        metavar="N",
+    )
+    num_queries: int | None = option(
+        None, "--num-queries", "queries = the first M rows", type=int, metavar="M"
+    )
+    corpus: str | None = option(
+        None,
+        "--corpus",
+        "collection.tsv (pid\\ttext), Parquet, JSONL or Hub corpus",
+        metavar="SRC",
+        path=True,
+    )
+    queries: str | None = option(
+        None, "--queries", "queries.tsv (qid\\ttext)", metavar="SRC", path=True
+    )
+    qrels: str | None = option(
+        None, "--qrels", "TREC qrels: qid 0 pid relevance", metavar="SRC", path=True
+    )
 
     def validate(self) -> None:
-        """Raise :class:`DataError` when the combination of sources makes no sense."""
+        """Raise :class:`ConfigError` when the combination of sources makes no sense, and
+        :class:`DataError` when a local source is missing."""
         for name in ("corpus_rows", "num_queries"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise DataError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+                raise ConfigError(f"{name} must be at least 1, got {value}", DataConfig, name)
         if self.dataset is None:
             missing = [n for n in ("corpus", "queries", "qrels") if getattr(self, n) is None]
             if missing:
-                raise DataError(
-                    "give --dataset, or all of --corpus --queries --qrels (missing: "
-                    + ", ".join("--" + m for m in missing)
-                    + ")"
+                raise ConfigError(
+                    "give dataset, or all of corpus queries qrels (missing: "
+                    + ", ".join(missing)
+                    + ")",
+                    DataConfig,
+                    "dataset",
+                    "corpus",
+                    "queries",
+                    "qrels",
                 )
         elif self.queries is not None or self.qrels is not None:
-            raise DataError("--queries/--qrels come from --dataset's positives; give one layout")
+            raise ConfigError(
+                "queries and qrels come from dataset's positives; give one layout",
+                DataConfig,
+                "queries",
+                "qrels",
+                "dataset",
+            )
         if (
             self.dataset is not None
             and self.corpus is None
@@ -129,9 +166,12 @@ class DataConfig:
             and self.num_queries is not None
             and self.num_queries > self.corpus_rows
         ):
-            raise DataError(
-                f"--num-queries ({self.num_queries}) exceeds --corpus-rows ({self.corpus_rows}):"
-                " the positives of later queries would not be in the corpus"
+            raise ConfigError(
+                f"num_queries ({self.num_queries}) exceeds corpus_rows ({self.corpus_rows}):"
+                " the positives of later queries would not be in the corpus",
+                DataConfig,
+                "num_queries",
+                "corpus_rows",
             )
         # Files first, before anything slow starts (Ray, a Hub download): a typo fails at once.
         for source in (self.dataset, self.corpus, self.queries, self.qrels):
@@ -559,8 +599,9 @@ def _check_shortfall(config: DataConfig, rows: int) -> None:
         wanted = getattr(config, name)
         if wanted is not None and wanted > rows and not (name == "corpus_rows" and config.corpus):
             raise DataError(
-                f"{config.dataset}: --{name.replace('_', '-')} {wanted} but the dataset has"
-                f" only {rows} rows"
+                f"{config.dataset}: {name} {wanted} but the dataset has only {rows} rows",
+                DataConfig,
+                name,
             )
 
 

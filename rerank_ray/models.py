@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from rerank_ray.errors import ConfigError
+from rerank_ray.options import option
 
 #: Files that make up a model; everything else in a Hub repo (ONNX exports, extra heads,
 #: pickled ``.bin`` duplicates of safetensors weights) is not downloaded. A repo without
@@ -247,26 +248,54 @@ class EmbedderOptions:
             embedding files and the search's memory; the search scores what is stored, exactly.
     """
 
-    pooling: str | None = None
-    query_max_length: int | None = None
-    passage_max_length: int | None = None
-    query_instruction: str | None = None
-    normalize: bool = True
-    batch_size: int = 64
-    max_tokens_per_batch: int = 16_384
-    storage: str = "float32"
+    pooling: str | None = option(
+        None,
+        "--pooling",
+        "default: from the model (1_Pooling), else cls",
+        choices=("cls", "mean"),
+    )
+    query_max_length: int | None = option(
+        None, "--query-max-length", "query token limit", type=int, metavar="TOKENS"
+    )
+    passage_max_length: int | None = option(
+        None, "--passage-max-length", "passage token limit", type=int, metavar="TOKENS"
+    )
+    query_instruction: str | None = option(
+        None, "--query-instruction", "text put before every query", metavar="TEXT"
+    )
+    normalize: bool = option(True, "--no-normalize", "keep vectors unnormalized")
+    batch_size: int = option(
+        64, "--batch-size", "most texts per forward pass", type=int, metavar="N"
+    )
+    max_tokens_per_batch: int = option(
+        16_384,
+        "--max-tokens-per-batch",
+        "most padded tokens per forward pass",
+        type=int,
+        metavar="N",
+    )
+    storage: str = option(
+        "float32",
+        "--embedding-storage",
+        "how vectors are stored: float16 halves the files and the search memory",
+        choices=("float32", "float16"),
+    )
 
     def __post_init__(self):
         if self.pooling not in (None, "cls", "mean"):
-            raise ConfigError(f"--pooling must be cls or mean, got {self.pooling!r}")
+            raise ConfigError(
+                f"pooling must be cls or mean, got {self.pooling!r}", EmbedderOptions, "pooling"
+            )
         if self.storage not in ("float32", "float16"):
             raise ConfigError(
-                f"--embedding-storage must be float32 or float16, got {self.storage!r}"
+                f"storage must be float32 or float16, got {self.storage!r}",
+                EmbedderOptions,
+                "storage",
             )
         for name in ("query_max_length", "passage_max_length", "batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+                raise ConfigError(f"{name} must be at least 1, got {value}", EmbedderOptions, name)
 
     def resolved(self, path: str) -> EmbedderOptions:
         """These options with every ``None`` replaced by the model's own default."""

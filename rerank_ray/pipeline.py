@@ -42,10 +42,10 @@ from rerank_ray.errors import ConfigError
 from rerank_ray.io import content_fingerprint, discard, exists, makedirs, write_json
 from rerank_ray.keys import compute_precision, digest, score_options, vector_options
 from rerank_ray.rundir import RunDirectory
+from rerank_ray.stages import STAGES
 
 log = logging.getLogger("rerank_ray")
 
-STAGES = ("prepare", "embed", "retrieve", "rerank", "evaluate")
 VERSIONED_PACKAGES = (
     "rerank-ray",
     "ray",
@@ -419,7 +419,7 @@ class Pipeline:
             self._invalidate_after("retrieve")  # a previous reranker's output no longer applies
             self.manifest["models"]["reranker"] = None
             self.run.write_manifest(self.manifest)
-            log.info("stage rerank: skipped (--reranker none)")
+            log.info("stage rerank: skipped (reranker none)")
             return
         self.run.require(self.run.retrieval_path, "retrieve")
         prepared = self._prepared()
@@ -552,9 +552,9 @@ class Pipeline:
 
             connect_ray(compute.address)
             asked = (
-                "device cuda"
+                ("device", "cuda")
                 if compute.device == "cuda"
-                else f"num_gpus_per_actor {compute.num_gpus_per_actor:g}"
+                else ("num_gpus_per_actor", f"{compute.num_gpus_per_actor:g}")
             )
             decide_device("cuda", cluster_gpus(), asked)  # refused here, before any work
         for stage in STAGES[:-1]:

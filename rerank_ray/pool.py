@@ -67,9 +67,12 @@ class DevicePlan:
     max_gpus: int
 
 
-def decide_device(policy: str, gpus: ClusterGpus, asked: str = "device cuda") -> DevicePlan:
-    """Apply the device ``policy`` to what the cluster has or can launch (``asked`` names
-    the request in a refusal).
+def decide_device(
+    policy: str, gpus: ClusterGpus, asked: tuple[str, object] = ("device", "cuda")
+) -> DevicePlan:
+    """Apply the device ``policy`` to what the cluster has or can launch (``asked``, the
+    :class:`~rerank_ray.config.ComputeConfig` field and value that asked for GPUs, names the
+    request in a refusal).
 
     Raises:
         ConfigError: ``cuda`` on a cluster that has no GPU and whose autoscaler is known to
@@ -94,7 +97,14 @@ def decide_device(policy: str, gpus: ClusterGpus, asked: str = "device cuda") ->
         )
         return DevicePlan(policy, "cpu", reason, 0)
     if policy == "cuda":
-        raise ConfigError(f"{asked}: the cluster has no GPU and cannot launch one ({gpus.source})")
+        from rerank_ray.config import ComputeConfig
+
+        name, value = asked
+        raise ConfigError(
+            f"{name} {value}: the cluster has no GPU and cannot launch one ({gpus.source})",
+            ComputeConfig,
+            name,
+        )
     return DevicePlan(policy, "cpu", f"no GPU on alive nodes and {gpus.source}", 0)
 
 

@@ -34,6 +34,7 @@ from rerank_ray.io import (
     write_table,
 )
 from rerank_ray.models import CrossEncoder, sigmoid
+from rerank_ray.options import option
 from rerank_ray.pool import (
     ActorResources,
     StageStats,
@@ -69,19 +70,35 @@ class RerankOptions:
         max_tokens_per_batch: Most padded tokens per forward pass.
     """
 
-    model: str = DEFAULT_RERANKER
-    top_k: int | None = None
-    max_length: int = 512
-    batch_size: int = 32
+    model: str = option(
+        DEFAULT_RERANKER,
+        "--reranker",
+        "cross-encoder: Hub name, local directory, 'minilm-smoke' (tests only) or none",
+        metavar="MODEL",
+        path=True,
+    )
+    top_k: int | None = option(
+        None, "--rerank-top-k", "rerank the top N retrieved (default: all)", type=int, metavar="N"
+    )
+    max_length: int = option(
+        512, "--reranker-max-length", "pair token limit", type=int, metavar="TOKENS"
+    )
+    batch_size: int = option(
+        32, "--reranker-batch-size", "most pairs per forward pass", type=int, metavar="N"
+    )
     max_tokens_per_batch: int = 16_384
 
     def __post_init__(self):
         if self.top_k is not None and self.top_k < 1:
-            raise ConfigError(f"--rerank-top-k must be at least 1, got {self.top_k}")
+            raise ConfigError(f"top_k must be at least 1, got {self.top_k}", RerankOptions, "top_k")
         if self.max_length < 2:
-            raise ConfigError(f"--reranker-max-length must be at least 2, got {self.max_length}")
+            raise ConfigError(
+                f"max_length must be at least 2, got {self.max_length}", RerankOptions, "max_length"
+            )
         if self.batch_size < 1:
-            raise ConfigError(f"--reranker-batch-size must be at least 1, got {self.batch_size}")
+            raise ConfigError(
+                f"batch_size must be at least 1, got {self.batch_size}", RerankOptions, "batch_size"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -173,7 +173,7 @@ def check_owned(root: str) -> None:
         if _parse_manifest(join(root, MANIFEST_NAME)) is None:
             raise ConfigError(
                 f"{root}: its {MANIFEST_NAME} is not a rerank-ray manifest;"
-                " use a new or empty folder for --out"
+                " use a new or empty folder as the run directory"
             )
         return
     claimed = LOCK_NAME in names
@@ -187,7 +187,7 @@ def check_owned(root: str) -> None:
         more = f" and {len(in_the_way) - 5} more" if len(in_the_way) > 5 else ""
         raise ConfigError(
             f"{root}: not a rerank-ray run directory (no {MANIFEST_NAME}; it holds"
-            f" {shown}{more}); use a new or empty folder for --out"
+            f" {shown}{more}); use a new or empty folder as the run directory"
         )
 
 
@@ -198,7 +198,7 @@ def _entries(path: str) -> list[tuple[str, bool]] | None:
     if info.type == pafs.FileType.NotFound:
         return None
     if info.type != pafs.FileType.Directory:
-        raise ConfigError(f"{path}: not a directory; --out must name a folder")
+        raise ConfigError(f"{path}: not a directory; a run directory is a folder")
     filesystem, inner = resolve(path)
     selector = pafs.FileSelector(inner, allow_not_found=True)
     return [

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rerank_ray.errors import ConfigError
+from rerank_ray.stages import COMMANDS
 
 #: What never travels with the job: environments, outputs, caches, version control.
 EXCLUDES = [".venv", "runs", ".git", ".pytest_cache", ".ruff_cache", "__pycache__", "*.egg-info"]
@@ -45,43 +46,42 @@ SECRETS = [
     "application_default_credentials.json",
     ".aws/", ".ssh/", ".gnupg/", ".kube/", ".docker/", ".azure/",
 ]  # fmt: skip
-ENTRYPOINTS = {
-    "run": "jobs/pipeline.py",
-    "embed": "jobs/embed.py",
-    "retrieve": "jobs/retrieve.py",
-    "rerank": "jobs/rerank.py",
-    "evaluate": "jobs/evaluate.py",
-}
-PATH_OPTIONS = {
-    "--dataset", "--corpus", "--queries", "--qrels", "--out", "--run",
-    "--corpus-embeddings", "--query-embeddings", "--cache-dir", "--embedder", "--reranker",
-}  # fmt: skip
 
 
 def _absolute(option: str, value: str) -> str:
-    """Make a local path absolute: the job runs in a copy of the checkout, elsewhere."""
+    """Make a local path absolute: the job runs in a copy of the checkout, elsewhere. An
+    output folder (the run directory, the cache) always is; an input only if it exists here
+    (``--embedder BAAI/bge-m3`` is a Hub name)."""
+    from rerank_ray.config import RunConfig
+    from rerank_ray.options import flags_of
+
+    outputs = {*flags_of(RunConfig, "out"), *flags_of(RunConfig, "cache_dir")}
     if "://" in value:
         return value
-    if option in ("--out", "--run", "--cache-dir") or os.path.exists(value):
+    if option in outputs or os.path.exists(value):
         return os.path.abspath(value)
     return value
 
 
 def job_arguments(command: Sequence[str]) -> list[str]:
     """``[stage, options…]`` → the job's entrypoint command line, paths made absolute."""
-    if not command or command[0] not in ENTRYPOINTS:
-        raise ConfigError("give the command to run after '--': one of " + ", ".join(ENTRYPOINTS))
+    from rerank_ray.config import RunConfig
+    from rerank_ray.options import path_flags
+
+    if not command or command[0] not in COMMANDS:
+        raise ConfigError("give the command to run after '--': one of " + ", ".join(COMMANDS))
     stage, options = command[0], list(command[1:])
+    path_options = path_flags(RunConfig)
     converted = []
     for index, value in enumerate(options):
         previous = options[index - 1] if index else ""
-        if previous in PATH_OPTIONS:
+        if previous in path_options:
             value = _absolute(previous, value)
-        elif "=" in value and value.split("=", 1)[0] in PATH_OPTIONS:
+        elif "=" in value and value.split("=", 1)[0] in path_options:
             option, _, path = value.partition("=")
             value = f"{option}={_absolute(option, path)}"
         converted.append(value)
-    return ["python", ENTRYPOINTS[stage], *converted]
+    return ["python", COMMANDS[stage].entrypoint, *converted]
 
 
 def project_root() -> Path:
@@ -141,7 +141,7 @@ def submit(
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     entrypoint = shlex.join(job_arguments(command))
-    root = job_working_dir(ENTRYPOINTS[command[0]], working_dir)
+    root = job_working_dir(COMMANDS[command[0]].entrypoint, working_dir)
     try:
         client = JobSubmissionClient(address)
     except Exception as error:  # connection and authentication errors of many types

@@ -170,8 +170,8 @@ def _close(first: dict, second: dict) -> bool:
 @pytest.mark.parametrize(
     "option,asked",
     [
-        (["--device", "cuda"], "device cuda"),
-        (["--num-gpus-per-actor", "1"], "num_gpus_per_actor 1"),
+        (["--device", "cuda"], "--device cuda"),
+        (["--num-gpus-per-actor", "1"], "--num-gpus-per-actor 1"),
     ],
 )
 def test_gpus_asked_of_a_cluster_that_can_never_have_one_fail_in_one_line(tmp_path, option, asked):

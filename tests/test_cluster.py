@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from rerank_ray.cli import build_parser, main
+from rerank_ray.cli import build_parser, config_from_args, main
 from rerank_ray.embed import embedding_matrix
 from rerank_ray.submit import job_arguments, job_working_dir, upload_excludes
 
@@ -61,8 +61,8 @@ def test_rayjob_entrypoint_is_a_valid_pipeline_command():
     assert job["kind"] == "RayJob" and job["spec"]["rayClusterSpec"]["rayVersion"] == "2.60.0"
     python, script, *options = shlex.split(job["spec"]["entrypoint"])
     assert script.endswith("jobs/pipeline.py")
-    args = build_parser().parse_args(["run", *options])
-    assert args.embedder == "BAAI/bge-m3" and args.reranker == "BAAI/bge-reranker-large"
+    config = config_from_args(build_parser().parse_args(["run", *options]))
+    assert config.embedder == "BAAI/bge-m3" and config.reranker == "BAAI/bge-reranker-large"
     worker = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][
         0
     ]

@@ -11,7 +11,7 @@ import pytest
 
 from rerank_ray import datasets, io
 from rerank_ray.datasets import DataConfig, check_corpus, passage_id, prepare_data, read_qrels
-from rerank_ray.errors import DataError
+from rerank_ray.errors import ConfigError, DataError
 
 # A separate corpus table is checked on Ray Data (check_corpus): one Ray for the session.
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -443,9 +443,9 @@ def test_bad_dataset_rows(tmp_path, content, message):
 def test_missing_file_and_impossible_combinations(tmp_path):
     with pytest.raises(DataError, match="nope.jsonl: no such file"):
         prepare_data(DataConfig(dataset=str(tmp_path / "nope.jsonl")), tmp_path)
-    with pytest.raises(DataError, match="missing: --qrels"):
+    with pytest.raises(ConfigError, match="missing: qrels"):
         prepare_data(DataConfig(corpus="c.tsv", queries="q.tsv"), tmp_path)
-    with pytest.raises(DataError, match="exceeds --corpus-rows"):
+    with pytest.raises(ConfigError, match="exceeds corpus_rows"):
         prepare_data(DataConfig(dataset="d.jsonl", corpus_rows=5, num_queries=6), tmp_path)
     source = _write_jsonl(tmp_path / "dev.jsonl", ROWS)
     with pytest.raises(DataError, match="only 4 rows"):

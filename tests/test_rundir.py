@@ -82,7 +82,7 @@ def test_out_naming_a_file_is_refused(msmarco, tmp_path):
         "--out", str(target),
     )  # fmt: skip
     line = _one_error_line(completed)
-    assert line == f"rerank-ray: error: {target}: not a directory; --out must name a folder"
+    assert line == f"rerank-ray: error: {target}: not a directory; a run directory is a folder"
     assert target.read_bytes() == b"keep me\n"
 
 

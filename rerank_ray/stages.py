@@ -1,0 +1,62 @@
+"""The stages and the commands that run them: the one table the CLI, ``submit``, the pipeline
+and ``jobs/`` read.
+
+Example:
+    >>> COMMANDS["rerank"].stages
+    ('rerank', 'evaluate')
+    >>> COMMANDS["run"].entrypoint
+    'jobs/pipeline.py'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Every stage in order; each reads what the ones before it wrote in the run directory.
+STAGES = ("prepare", "embed", "retrieve", "rerank", "evaluate")
+
+
+@dataclass(frozen=True)
+class Command:
+    """A ``rerank-ray`` command: the stages it runs, its ``--help`` line and the script that
+    ``ray job submit`` runs for it."""
+
+    name: str
+    stages: tuple[str, ...]
+    help: str
+    entrypoint: str
+
+
+COMMANDS = {
+    command.name: command
+    for command in (
+        Command("run", STAGES, "run every stage", "jobs/pipeline.py"),
+        Command(
+            "embed",
+            ("prepare", "embed"),
+            "prepare data and embed corpus and queries",
+            "jobs/embed.py",
+        ),
+        Command(
+            "retrieve", ("retrieve",), "exact top-k over a run's embeddings", "jobs/retrieve.py"
+        ),
+        Command(
+            "rerank",
+            ("rerank", "evaluate"),
+            "rerank a run's retrieved passages, then evaluate",
+            "jobs/rerank.py",
+        ),
+        Command(
+            "evaluate",
+            ("evaluate",),
+            "metrics and report from a run's retrieval (and rerank) results",
+            "jobs/evaluate.py",
+        ),
+    )
+}
+
+
+def command_of_entrypoint(path: str) -> Command:
+    """The command whose ``jobs/`` script is ``path`` (any absolute or relative spelling)."""
+    name = path.replace("\\", "/").rsplit("/", 1)[-1]
+    return next(c for c in COMMANDS.values() if c.entrypoint.rsplit("/", 1)[-1] == name)
