@@ -17,11 +17,14 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from ray.data import Datasink
 
 from rerank_ray.io import (
     discard,
@@ -44,6 +47,8 @@ from rerank_ray.pool import (
     plan_resources,
     report_counts,
 )
+
+log = logging.getLogger("rerank_ray")
 
 ID_COLUMN = {"corpus": "pid", "queries": "qid"}
 
@@ -172,6 +177,52 @@ def embedding_matrix(column: pa.ChunkedArray | pa.Array, keep_dtype: bool = Fals
     return values.reshape(-1, width).astype(np.float32, copy=False)
 
 
+class RoleFiles(Datasink):
+    """A Ray Data datasink that writes tagged embedding rows to one directory per role, and
+    publishes each directory whole or not at all.
+
+    Rows of ``role`` go to a temporary sibling of ``outputs[role]`` as ``(pid|qid,
+    embedding)`` Parquet files, so corpus and queries share one actor pool and still land in
+    the run's layout. File names derive from the write task's index: a retried task rewrites
+    its own files. Lifecycle: :meth:`on_write_start` makes the temporary directories (once,
+    on the driver: on an object store each call is a request), :meth:`write` fills them in
+    the write tasks, :meth:`on_write_complete` counts the rows (:attr:`rows`) and publishes
+    every directory (a role without rows gets an empty one), :meth:`on_write_failed` removes
+    the temporaries.
+    """
+
+    def __init__(self, outputs: dict[str, str]):
+        self.outputs = outputs
+        self.temporary = {role: temporary_sibling(out) for role, out in outputs.items()}
+        self.rows: dict[str, int] = {}
+
+    def on_write_start(self, schema=None) -> None:
+        for directory in self.temporary.values():
+            makedirs(directory)
+
+    def write(self, blocks, ctx) -> dict[str, int]:
+        from ray.data.block import BlockAccessor
+
+        counts: dict[str, int] = {}
+        for index, block in enumerate(blocks):
+            for role, rows in by_role(BlockAccessor.for_block(block).to_arrow()):
+                out = pa.table({ID_COLUMN[role]: rows.column("id"), "embedding": rows["embedding"]})
+                name = f"part-{ctx.task_idx:06d}-{index:04d}.parquet"
+                write_table(out, join(self.temporary[role], name))
+                counts[role] = counts.get(role, 0) + out.num_rows
+        return counts
+
+    def on_write_complete(self, write_result) -> None:
+        self.on_write_start()  # no blocks at all: Ray never started the write
+        self.rows = {role: parquet_rows(directory) for role, directory in self.temporary.items()}
+        for role, out in self.outputs.items():
+            publish(self.temporary[role], out)
+
+    def on_write_failed(self, error: BaseException) -> None:
+        for directory in self.temporary.values():
+            discard(directory)
+
+
 def embed_table(
     table_path: str,
     output_dir: str,
@@ -245,20 +296,14 @@ def embed_tables(
     vectors, counters = map_with_actor_pool(
         dataset, EmbedActor, {"model": model, "options": options}, resources, rows_per_call
     )
-    temporary = {role: temporary_sibling(out) for role, (_, out) in tables.items()}
+    sink = RoleFiles({role: out for role, (_, out) in tables.items()})
     try:
-        # Made once here, not per block in the write tasks (on an object store each call is
-        # a request); a role with no rows still gets its directory.
-        for directory in temporary.values():
-            makedirs(directory)
-        vectors.write_datasink(_role_files(temporary))
-        rows = {role: parquet_rows(directory) for role, directory in temporary.items()}
-    except BaseException:
-        for directory in temporary.values():
-            discard(directory)
+        vectors.write_datasink(sink)
+    except BaseException as error:
+        if not isinstance(error, Exception):  # Ray reports only Exceptions to the sink
+            sink.on_write_failed(error)
         raise
-    for role, (_, out) in tables.items():
-        publish(temporary[role], out)
+    rows = sink.rows
     counts, used = collect_counters(counters, resources)
     wall = time.perf_counter() - started
     return {
@@ -274,6 +319,97 @@ def embed_tables(
             counts={k.split(".", 1)[1]: v for k, v in counts.items() if k.startswith(role + ".")},
         )
         for role in tables
+    }
+
+
+@dataclass(frozen=True)
+class Role:
+    """One role of the embed stage: its normalized table, where its vectors go, and the
+    vectors the user supplied for it (``None``: computed or reused)."""
+
+    name: str
+    table: str
+    rows: int
+    content_hash: str | None
+    out: str
+    supplied: str | None = None
+
+
+def embed_or_reuse(
+    roles: list[Role],
+    model: str,
+    fingerprint: str,
+    options: EmbedderOptions,
+    cache=None,
+    resources: ActorResources | None = None,
+    rows_per_call: int = ROWS_PER_CALL,
+) -> dict:
+    """The embed stage: each role's vectors from, in order of preference, what the user
+    supplied (checked, :func:`rerank_ray.cache.import_embeddings`), an entry of ``cache``
+    (an :class:`~rerank_ray.cache.EmbeddingCache`) with the same key (model fingerprint,
+    vector-changing options, content hash, compute precision), or one actor pool for the
+    roles left (:func:`embed_tables`), whose vectors are then stored in the cache. When no
+    role needs the model, it is never loaded.
+
+    Returns:
+        The stage's statistics: rows, wall time, whether everything was reused, the pool's
+        resources, and per role its rows, source and cache key.
+    """
+    from rerank_ray.cache import embedding_key, import_embeddings
+    from rerank_ray.io import atomic_path, copy_tree, split
+    from rerank_ray.keys import compute_precision, vector_options
+
+    resources = resources or plan_resources()
+    dtype = compute_precision(resources.device)
+    started = time.perf_counter()
+    parts, keys, to_compute = {}, {}, {}
+    for role in roles:
+        makedirs(split(role.out)[0])
+        keys[role.name] = embedding_key(
+            fingerprint, vector_options(options, role.name), role.name, role.content_hash, dtype
+        )
+        role_started = time.perf_counter()
+        usable = cache is not None and role.content_hash and not role.supplied
+        cached = cache.lookup(keys[role.name], role.rows) if usable else None
+        if role.supplied:
+            log.info("stage embed: %s from %s", role.name, role.supplied)
+            rows = import_embeddings(
+                role.supplied, role.table, ID_COLUMN[role.name], role.out, options.storage
+            )
+            parts[role.name] = {"rows": rows, "reused": True, "source": role.supplied}
+        elif cached:
+            log.info("stage embed: %s reused from the cache %s", role.name, cached)
+            with atomic_path(role.out) as tmp:
+                copy_tree(cached, tmp)
+            parts[role.name] = {"rows": role.rows, "reused": True, "source": cached}
+        else:
+            to_compute[role.name] = role
+            continue
+        parts[role.name]["wall_seconds"] = round(time.perf_counter() - role_started, 3)
+    if to_compute:
+        log.info("stage embed: %s, one actor pool", " and ".join(sorted(to_compute)))
+        computed = embed_tables(
+            {name: (role.table, role.out) for name, role in to_compute.items()},
+            model=model,
+            options=options,
+            resources=resources,
+            rows_per_call=rows_per_call,
+        )
+        for name, stats in computed.items():
+            parts[name] = {**stats.to_dict(), "reused": False}
+            if cache is not None and to_compute[name].content_hash:
+                parts[name]["cached_at"] = cache.store(keys[name], to_compute[name].out)
+    for name in parts:
+        parts[name]["cache_key"] = keys[name]
+    rows = sum(p["rows"] for p in parts.values())
+    wall = time.perf_counter() - started
+    return {
+        "rows": rows,
+        "wall_seconds": round(wall, 3),
+        "rows_per_second": round(rows / wall, 3) if wall else 0.0,
+        "reused": all(p["reused"] for p in parts.values()),
+        "resources": resources.to_dict(),
+        **parts,
     }
 
 
@@ -301,35 +437,6 @@ def _tagged(batch: pa.Table, role: str) -> pa.Table:
     return pa.table(
         {"id": batch.column(0), "text": batch.column("text"), "role": pa.array([role] * len(batch))}
     )
-
-
-def _role_files(directories: dict[str, str]):
-    """A Ray Data datasink writing tagged embedding rows to one directory per role.
-
-    Rows of ``role`` go to ``directories[role]`` as ``(pid|qid, embedding)`` Parquet files, so
-    corpus and queries can share one actor pool and still land in the run's layout. File
-    names derive from the write task's index: a retried task rewrites its own files.
-    """
-    from ray.data import Datasink  # here: ray.data costs a second to import
-
-    class RoleFiles(Datasink):
-        def write(self, blocks, ctx) -> dict[str, int]:
-            return _write_role_files(blocks, ctx.task_idx, directories)
-
-    return RoleFiles()
-
-
-def _write_role_files(blocks, task_index: int, directories: dict[str, str]) -> dict[str, int]:
-    from ray.data.block import BlockAccessor
-
-    counts: dict[str, int] = {}
-    for index, block in enumerate(blocks):
-        for role, rows in by_role(BlockAccessor.for_block(block).to_arrow()):
-            out = pa.table({ID_COLUMN[role]: rows.column("id"), "embedding": rows["embedding"]})
-            name = f"part-{task_index:06d}-{index:04d}.parquet"
-            write_table(out, join(directories[role], name))
-            counts[role] = counts.get(role, 0) + out.num_rows
-    return counts
 
 
 def embedding_files(directory: str) -> list[str]:

@@ -1,4 +1,5 @@
-"""The private local Ray of a run: every server on loopback, and its orphans stopped later.
+"""Where a run's Ray comes from: a cluster it joins, or its private local Ray with every server
+on loopback and its orphans stopped later (:func:`connect_ray`).
 
 Rules this module enforces:
 
@@ -50,6 +51,23 @@ def sessions_dir() -> Path:
     if given:
         return Path(given)
     return Path(tempfile.gettempdir()) / f"rerank-ray-{os.getuid()}" / "ray-sessions"
+
+
+def connect_ray(address: str | None) -> None:
+    """Join the Ray cluster at ``address`` (or the job's), or start a private local one
+    (:func:`rerank_ray.local_ray.start_local_ray`: loopback only)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+    elif os.environ.get("RAY_ADDRESS"):
+        ray.init(logging_level=logging.WARNING)  # inside `ray job submit`: the job's cluster
+    else:
+        # A private Ray of this process on loopback, never a cluster recorded under /tmp/ray.
+        start_local_ray(logging_level=logging.WARNING)
 
 
 def start_local_ray(**init_options: Any) -> None:

@@ -29,7 +29,6 @@ Example::
 from __future__ import annotations
 
 import logging
-import os
 import platform
 import time
 from collections.abc import Callable
@@ -39,10 +38,11 @@ from importlib import metadata
 from rerank_ray.config import RunConfig
 from rerank_ray.datasets import PreparedData, is_local_source, prepare_data, read_qrels
 from rerank_ray.errors import ConfigError
-from rerank_ray.io import content_fingerprint, discard, exists, makedirs, write_json
-from rerank_ray.keys import compute_precision, digest, score_options, vector_options
+from rerank_ray.io import content_fingerprint, discard, exists, write_json
+from rerank_ray.keys import digest, score_options, vector_options
+from rerank_ray.local_ray import connect_ray
 from rerank_ray.rundir import RunDirectory
-from rerank_ray.stages import STAGES
+from rerank_ray.stages import STAGE_TABLE, STAGES
 
 log = logging.getLogger("rerank_ray")
 
@@ -66,25 +66,6 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[package] = "not installed"
     return versions
-
-
-def connect_ray(address: str | None) -> None:
-    """Join the Ray cluster at ``address`` (or the job's), or start a private local one
-    (:func:`rerank_ray.local_ray.start_local_ray`: loopback only)."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import ray
-
-    if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING)
-    elif os.environ.get("RAY_ADDRESS"):
-        ray.init(logging_level=logging.WARNING)  # inside `ray job submit`: the job's cluster
-    else:
-        # A private Ray of this process on loopback, never a cluster recorded under /tmp/ray.
-        from rerank_ray.local_ray import start_local_ray
-
-        start_local_ray(logging_level=logging.WARNING)
 
 
 class Pipeline:
@@ -137,14 +118,7 @@ class Pipeline:
         return PreparedData.from_dict(self.manifest["data"])
 
     def _outputs(self, stage: str) -> list[str]:
-        run = self.run
-        return {
-            "prepare": [run.data_dir],
-            "embed": [run.corpus_embeddings_dir, run.query_embeddings_dir],
-            "retrieve": [run.retrieval_path],
-            "rerank": [run.rerank_path],
-            "evaluate": [run.metrics_path, run.report_path, run.plot_path],
-        }[stage]
+        return [getattr(self.run, name) for name in STAGE_TABLE[stage].writes]
 
     def _invalidate_after(self, stage: str) -> None:
         """Remove what later stages wrote: it was computed from what this stage replaces.
@@ -235,14 +209,9 @@ class Pipeline:
         return recorded.get("key") == self.stage_key(stage) and all(exists(p) for p in outputs)
 
     def upstream(self, stage: str) -> tuple[str, ...]:
-        """The stages whose outputs ``stage`` reads."""
-        return {
-            "prepare": (),
-            "embed": ("prepare",),
-            "retrieve": ("embed",),
-            "rerank": ("retrieve",),
-            "evaluate": ("retrieve", "rerank") if self.config.reranks else ("retrieve",),
-        }[stage]
+        """The stages whose outputs ``stage`` reads (not ``rerank``'s without a reranker)."""
+        reads = STAGE_TABLE[stage].reads
+        return reads if self.config.reranks else tuple(s for s in reads if s != "rerank")
 
     def require_upstream(self, stage: str) -> None:
         """Refuse (one line) to run ``stage`` on outputs that are missing or were computed
@@ -309,9 +278,8 @@ class Pipeline:
         actor pool that computes them (then stored in the cache). When no role needs the
         model, it is never loaded.
         """
-        from rerank_ray.cache import EmbeddingCache, embedding_key, import_embeddings
-        from rerank_ray.embed import embed_tables
-        from rerank_ray.io import atomic_path, copy_tree, split
+        from rerank_ray.cache import EmbeddingCache
+        from rerank_ray.embed import Role, embed_or_reuse
         from rerank_ray.models import default_cache_dir
 
         prepared = self._prepared()
@@ -323,71 +291,23 @@ class Pipeline:
         resources = self._plan_pool()
         cache_dir = self.config.cache_dir or default_cache_dir()
         cache = EmbeddingCache.usable(cache_dir) if self.config.use_cache else None
-        dtype = compute_precision(resources.device)
-        roles = (
-            ("corpus", prepared.corpus_path, prepared.corpus_hash,
-             self.run.corpus_embeddings_dir, self.config.corpus_embeddings),
-            ("queries", prepared.queries_path, prepared.queries_hash,
-             self.run.query_embeddings_dir, self.config.query_embeddings),
-        )  # fmt: skip
+        roles = [
+            Role("corpus", prepared.corpus_path, prepared.num_corpus, prepared.corpus_hash,
+                 self.run.corpus_embeddings_dir, self.config.corpus_embeddings),
+            Role("queries", prepared.queries_path, prepared.num_queries, prepared.queries_hash,
+                 self.run.query_embeddings_dir, self.config.query_embeddings),
+        ]  # fmt: skip
 
         def work() -> dict:
-            started = time.perf_counter()
-            parts, keys, to_compute = {}, {}, {}
-            for role, table, content_hash, out, supplied in roles:
-                makedirs(split(out)[0])
-                keys[role] = embedding_key(
-                    embedder.fingerprint, vector_options(options, role), role, content_hash, dtype
-                )
-                role_started = time.perf_counter()
-                cached = (
-                    cache.lookup(keys[role], getattr(prepared, "num_" + role))
-                    if cache and content_hash and not supplied
-                    else None
-                )
-                if supplied:
-                    log.info("stage embed: %s from %s", role, supplied)
-                    id_column = "pid" if role == "corpus" else "qid"
-                    rows = import_embeddings(supplied, table, id_column, out, options.storage)
-                    parts[role] = {"rows": rows, "reused": True, "source": supplied}
-                elif cached:
-                    log.info("stage embed: %s reused from the cache %s", role, cached)
-                    with atomic_path(out) as tmp:
-                        copy_tree(cached, tmp)
-                    rows = getattr(prepared, "num_" + role)
-                    parts[role] = {"rows": rows, "reused": True, "source": cached}
-                else:
-                    to_compute[role] = (table, out)
-                    continue
-                parts[role]["wall_seconds"] = round(time.perf_counter() - role_started, 3)
-            if to_compute:
-                log.info("stage embed: %s, one actor pool", " and ".join(sorted(to_compute)))
-                computed = embed_tables(
-                    to_compute,
-                    model=self.config.embedder,
-                    options=options,
-                    resources=resources,
-                    rows_per_call=self.config.compute.rows_per_call,
-                )
-                for role, stats in computed.items():
-                    parts[role] = {**stats.to_dict(), "reused": False}
-                    content_hash = getattr(
-                        prepared, ("corpus" if role == "corpus" else "queries") + "_hash"
-                    )
-                    if cache and content_hash:
-                        parts[role]["cached_at"] = cache.store(keys[role], to_compute[role][1])
-            for role in parts:
-                parts[role]["cache_key"] = keys[role]
-            rows = sum(p["rows"] for p in parts.values())
-            wall = time.perf_counter() - started
-            return {
-                "rows": rows,
-                "wall_seconds": round(wall, 3),
-                "rows_per_second": round(rows / wall, 3) if wall else 0.0,
-                "reused": all(p["reused"] for p in parts.values()),
-                "resources": resources.to_dict(),
-                **parts,
-            }
+            return embed_or_reuse(
+                roles,
+                model=self.config.embedder,
+                fingerprint=embedder.fingerprint,
+                options=options,
+                cache=cache,
+                resources=resources,
+                rows_per_call=self.config.compute.rows_per_call,
+            )
 
         self._timed("embed", work)
 

@@ -6,14 +6,37 @@ Example:
     ('rerank', 'evaluate')
     >>> COMMANDS["run"].entrypoint
     'jobs/pipeline.py'
+    >>> STAGE_TABLE["retrieve"].reads, STAGE_TABLE["retrieve"].writes
+    (('embed',), ('retrieval_path',))
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-#: Every stage in order; each reads what the ones before it wrote in the run directory.
-STAGES = ("prepare", "embed", "retrieve", "rerank", "evaluate")
+
+@dataclass(frozen=True)
+class Stage:
+    """A stage: the stages whose outputs it reads, and its outputs (attributes of
+    :class:`~rerank_ray.rundir.RunDirectory`) in the run directory."""
+
+    name: str
+    reads: tuple[str, ...]
+    writes: tuple[str, ...]
+
+
+#: Every stage in order; each reads only what stages before it wrote in the run directory.
+STAGE_TABLE = {
+    stage.name: stage
+    for stage in (
+        Stage("prepare", (), ("data_dir",)),
+        Stage("embed", ("prepare",), ("corpus_embeddings_dir", "query_embeddings_dir")),
+        Stage("retrieve", ("embed",), ("retrieval_path",)),
+        Stage("rerank", ("retrieve",), ("rerank_path",)),
+        Stage("evaluate", ("retrieve", "rerank"), ("metrics_path", "report_path", "plot_path")),
+    )
+}
+STAGES = tuple(STAGE_TABLE)
 
 
 @dataclass(frozen=True)

@@ -198,7 +198,7 @@ WHICH_RAY = """
 import sys, ray
 
 if sys.argv[1] == "cli":
-    from rerank_ray.pipeline import connect_ray
+    from rerank_ray.local_ray import connect_ray
     connect_ray(None)
 else:
     ray.init()

@@ -44,7 +44,7 @@ PORT_FILES = (
 HOLD = """
 import json, os, time
 import ray
-from rerank_ray.pipeline import connect_ray
+from rerank_ray.local_ray import connect_ray
 connect_ray(None)
 session_dir = ray._private.worker.global_worker.node.get_session_dir_path()
 print(json.dumps({"pid": os.getpid(), "session_dir": session_dir}), flush=True)
@@ -57,7 +57,7 @@ LIST = """
 import json, logging, os, sys, time
 logging.basicConfig(level=logging.WARNING, format="%(message)s")
 import ray
-from rerank_ray.pipeline import connect_ray
+from rerank_ray.local_ray import connect_ray
 connect_ray(None)
 import psutil
 ray.get(ray.remote(lambda: 1).remote())

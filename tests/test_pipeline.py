@@ -7,6 +7,7 @@ pipeline's code paths.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -510,3 +511,38 @@ def test_cli_user_error_is_one_line_without_traceback(tmp_path):
 def test_stage_on_a_run_directory_without_its_inputs(tmp_path, capsys):
     assert main(["retrieve", "--out", str(tmp_path / "empty")]) == 2
     assert "run the 'embed' stage first" in capsys.readouterr().err
+
+
+def test_role_files_publish_every_role_whole_or_nothing(tmp_path):
+    """The embed stage's datasink through its lifecycle, as Ray Data calls it: rows land per
+    role, a role without rows gets an empty directory, a failed write leaves nothing."""
+    from types import SimpleNamespace
+
+    from rerank_ray.embed import RoleFiles, to_fixed_size_list
+
+    outputs = {"corpus": str(tmp_path / "c"), "queries": str(tmp_path / "q")}
+    block = pa.table(
+        {
+            "id": ["p1", "p2", "q1"],
+            "role": ["corpus", "corpus", "queries"],
+            "embedding": to_fixed_size_list(np.eye(3, dtype=np.float32)),
+        }
+    )
+    sink = RoleFiles(outputs)
+    sink.on_write_start()
+    assert sink.write([block], SimpleNamespace(task_idx=7)) == {"corpus": 2, "queries": 1}
+    assert not (tmp_path / "c").exists()  # nothing published before the write completes
+    sink.on_write_complete(None)
+    assert sink.rows == {"corpus": 2, "queries": 1}
+    assert pq.read_table(tmp_path / "c").column("pid").to_pylist() == ["p1", "p2"]
+    assert pq.read_table(tmp_path / "q").column("qid").to_pylist() == ["q1"]
+
+    empty = RoleFiles({"corpus": str(tmp_path / "e")})
+    empty.on_write_complete(None)  # no block reached the sink: Ray never called on_write_start
+    assert empty.rows == {"corpus": 0} and os.listdir(tmp_path / "e") == []
+
+    failed = RoleFiles({"corpus": str(tmp_path / "f")})
+    failed.on_write_start()
+    failed.write([block.slice(0, 2)], SimpleNamespace(task_idx=0))
+    failed.on_write_failed(RuntimeError("an actor died"))
+    assert sorted(os.listdir(tmp_path)) == ["c", "e", "q"]  # no output, no temporary
