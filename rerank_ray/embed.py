@@ -1,4 +1,4 @@
-"""The embedding stage: a Ray Data actor pool around :class:`rerank_ray.models.Embedder`.
+"""The embedding stage: a Ray Data actor pool around :class:`rerank_ray.embedder.Embedder`.
 
 The corpus and query tables are read as one stream of blocks (each row tagged with its
 role), each block goes through ``map_batches`` into a pool of actors that each load the model
@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from rerank_ray.embedder import Embedder, EmbedderOptions
 from rerank_ray.io import (
     discard,
     join,
@@ -34,7 +35,6 @@ from rerank_ray.io import (
     temporary_sibling,
     write_table,
 )
-from rerank_ray.models import Embedder, EmbedderOptions
 from rerank_ray.pool import (
     ActorResources,
     StageStats,
@@ -131,7 +131,8 @@ def _tokenized(batch: pa.Table, model: str, options: EmbedderOptions) -> pa.Tabl
     """
     from transformers import AutoTokenizer
 
-    from rerank_ray.models import resolve_model_path, role_texts
+    from rerank_ray.embedder import role_texts
+    from rerank_ray.models import resolve_model_path
 
     path = resolve_model_path(model)
     tokenizer = _TOKENIZERS.get(path)

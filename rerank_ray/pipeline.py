@@ -196,7 +196,8 @@ class Pipeline:
 
     def _model(self, role: str):
         """The embedder or reranker resolved to a local directory and fingerprint (once)."""
-        from rerank_ray.models import RERANKER_ALIASES, resolve_model
+        from rerank_ray.cross_encoder import RERANKER_ALIASES
+        from rerank_ray.models import resolve_model
 
         if role not in self._models:
             if role == "embedder":
@@ -309,10 +310,11 @@ class Pipeline:
         actor pool that computes them (then stored in the cache). When no role needs the
         model, it is never loaded.
         """
-        from rerank_ray.cache import EmbeddingCache, embedding_key, import_embeddings
+        from rerank_ray.cache import EmbeddingCache, embedding_key
         from rerank_ray.embed import embed_tables
         from rerank_ray.io import atomic_path, copy_tree, split
         from rerank_ray.models import default_cache_dir
+        from rerank_ray.supplied import import_embeddings
 
         prepared = self._prepared()
         embedder = self._model("embedder")
@@ -447,11 +449,11 @@ class Pipeline:
 
     def evaluate(self) -> dict:
         """Metrics of each stage's rankings; writes metrics.json, report.md and report.png."""
+        from rerank_ray.cross_encoder import SMOKE_WARNING, is_smoke_model
         from rerank_ray.metrics import DEFAULT_METRICS, evaluate, within_depth
-        from rerank_ray.models import SMOKE_WARNING, is_smoke_model
+        from rerank_ray.ranking import read_ranking
         from rerank_ray.report import compare_stages, write_plot, write_report
         from rerank_ray.rerank import reranked_rankings
-        from rerank_ray.search import read_ranking
 
         self.run.require(self.run.retrieval_path, "retrieve")
         prepared = self._prepared()
@@ -510,9 +512,9 @@ class Pipeline:
         (checked once per pipeline: ``run`` checks before any stage, ``embed`` alone too)."""
         if self._supplied_checked:
             return
-        from rerank_ray.cache import supplied_dimension
         from rerank_ray.errors import DataError
         from rerank_ray.models import model_dimension
+        from rerank_ray.supplied import supplied_dimension
 
         config = self.config
         supplied = [
