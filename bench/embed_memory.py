@@ -71,8 +71,8 @@ def stage_only(corpus: str, model: str, out: str, rows_per_call: int) -> None:
     import ray
 
     from rerank_ray.embed import embed_table, embedding_files, embedding_matrix
+    from rerank_ray.embedder import EmbedderOptions
     from rerank_ray.local_ray import start_local_ray
-    from rerank_ray.models import EmbedderOptions
 
     start_local_ray(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     options = EmbedderOptions(

@@ -135,7 +135,7 @@ def main() -> None:
 def stage_alone(args, path: str) -> None:
     """Part 2: one bare encode call against the embedding stage, in this process."""
     from rerank_ray.embed import embed_table, embedding_matrix
-    from rerank_ray.models import EmbedderOptions
+    from rerank_ray.embedder import EmbedderOptions
     from rerank_ray.pool import plan_resources
 
     texts = unique_passages(args.passages)

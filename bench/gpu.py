@@ -157,7 +157,7 @@ def measure(embedder_path, reranker_path, texts, precision, device, batch_size) 
     from FlagEmbedding import FlagModel, FlagReranker
 
     from rerank_ray.embed import EmbedActor
-    from rerank_ray.models import EmbedderOptions
+    from rerank_ray.embedder import EmbedderOptions
     from rerank_ray.rerank import RerankActor, RerankOptions
 
     dtype = getattr(torch, DTYPES[precision])

@@ -109,8 +109,8 @@ def import_vectors(directory: str, corpus_path: str) -> dict:
     in the allocators does not count in the measured one."""
     import shutil
 
-    from rerank_ray.cache import import_embeddings
     from rerank_ray.errors import DataError
+    from rerank_ray.supplied import import_embeddings
 
     vectors = os.path.join(directory, "vectors")
     last = os.path.join(directory, "vectors-last", "part.parquet")

@@ -34,7 +34,8 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-    from rerank_ray.models import RERANKER_ALIASES, resolve_model_path
+    from rerank_ray.cross_encoder import RERANKER_ALIASES
+    from rerank_ray.models import resolve_model_path
     from rerank_ray.pool import plan_resources
     from rerank_ray.rerank import RerankOptions, rerank_candidates
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from rerank_ray.config import ComputeConfig, RunConfig
 from rerank_ray.datasets import DataConfig
+from rerank_ray.embedder import EmbedderOptions
 from rerank_ray.errors import ConfigError, DataError, UserError
-from rerank_ray.models import EmbedderOptions
 from rerank_ray.pipeline import run_pipeline
 from rerank_ray.rerank import RerankOptions
 from rerank_ray.reranker import Reranker, RerankResult

@@ -100,8 +100,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def _print_summary(config: RunConfig, metrics: dict) -> None:
+    from rerank_ray.cross_encoder import SMOKE_WARNING, is_smoke_model
     from rerank_ray.metrics import DEFAULT_METRICS, depth_note, within_depth
-    from rerank_ray.models import SMOKE_WARNING, is_smoke_model
     from rerank_ray.pipeline import RunDirectory
     from rerank_ray.report import metrics_table
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from rerank_ray.datasets import DataConfig
+from rerank_ray.embedder import EmbedderOptions
 from rerank_ray.errors import ConfigError
-from rerank_ray.models import EmbedderOptions
 from rerank_ray.options import option
 from rerank_ray.rerank import RerankOptions
 

@@ -1,4 +1,4 @@
-"""The embedding stage: a Ray Data actor pool around :class:`rerank_ray.models.Embedder`.
+"""The embedding stage: a Ray Data actor pool around :class:`rerank_ray.embedder.Embedder`.
 
 The corpus and query tables are read as one stream of blocks (each row tagged with its
 role), each block goes through ``map_batches`` into a pool of actors that each load the model
@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from ray.data import Datasink
 
+from rerank_ray.embedder import Embedder, EmbedderOptions
 from rerank_ray.io import (
     discard,
     join,
@@ -37,7 +38,6 @@ from rerank_ray.io import (
     temporary_sibling,
     write_table,
 )
-from rerank_ray.models import Embedder, EmbedderOptions
 from rerank_ray.pool import (
     ActorResources,
     StageStats,
@@ -136,7 +136,8 @@ def _tokenized(batch: pa.Table, model: str, options: EmbedderOptions) -> pa.Tabl
     """
     from transformers import AutoTokenizer
 
-    from rerank_ray.models import resolve_model_path, role_texts
+    from rerank_ray.embedder import role_texts
+    from rerank_ray.models import resolve_model_path
 
     path = resolve_model_path(model)
     tokenizer = _TOKENIZERS.get(path)
@@ -345,7 +346,7 @@ def embed_or_reuse(
     rows_per_call: int = ROWS_PER_CALL,
 ) -> dict:
     """The embed stage: each role's vectors from, in order of preference, what the user
-    supplied (checked, :func:`rerank_ray.cache.import_embeddings`), an entry of ``cache``
+    supplied (checked, :func:`rerank_ray.supplied.import_embeddings`), an entry of ``cache``
     (an :class:`~rerank_ray.cache.EmbeddingCache`) with the same key (model fingerprint,
     vector-changing options, content hash, compute precision), or one actor pool for the
     roles left (:func:`embed_tables`), whose vectors are then stored in the cache. When no
@@ -355,9 +356,10 @@ def embed_or_reuse(
         The stage's statistics: rows, wall time, whether everything was reused, the pool's
         resources, and per role its rows, source and cache key.
     """
-    from rerank_ray.cache import embedding_key, import_embeddings
+    from rerank_ray.cache import embedding_key
     from rerank_ray.io import atomic_path, copy_tree, split
     from rerank_ray.keys import compute_precision, vector_options
+    from rerank_ray.supplied import import_embeddings
 
     resources = resources or plan_resources()
     dtype = compute_precision(resources.device)

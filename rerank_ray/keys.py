@@ -7,7 +7,7 @@ was computed; any option that changes a vector or a score is in both, so changin
 recomputes.
 
 Example:
-    >>> from rerank_ray.models import EmbedderOptions
+    >>> from rerank_ray.embedder import EmbedderOptions
     >>> fast = EmbedderOptions(pooling="mean", query_max_length=32, passage_max_length=64)
     >>> slow = EmbedderOptions(pooling="mean", query_max_length=32, passage_max_length=64,
     ...                        batch_size=8)

@@ -170,7 +170,8 @@ class Pipeline:
 
     def _model(self, role: str):
         """The embedder or reranker resolved to a local directory and fingerprint (once)."""
-        from rerank_ray.models import RERANKER_ALIASES, resolve_model
+        from rerank_ray.cross_encoder import RERANKER_ALIASES
+        from rerank_ray.models import resolve_model
 
         if role not in self._models:
             if role == "embedder":
@@ -367,11 +368,11 @@ class Pipeline:
 
     def evaluate(self) -> dict:
         """Metrics of each stage's rankings; writes metrics.json, report.md and report.png."""
+        from rerank_ray.cross_encoder import SMOKE_WARNING, is_smoke_model
         from rerank_ray.metrics import DEFAULT_METRICS, evaluate, within_depth
-        from rerank_ray.models import SMOKE_WARNING, is_smoke_model
+        from rerank_ray.ranking import read_ranking
         from rerank_ray.report import compare_stages, write_plot, write_report
         from rerank_ray.rerank import reranked_rankings
-        from rerank_ray.search import read_ranking
 
         self.run.require(self.run.retrieval_path, "retrieve")
         prepared = self._prepared()
@@ -430,32 +431,15 @@ class Pipeline:
         (checked once per pipeline: ``run`` checks before any stage, ``embed`` alone too)."""
         if self._supplied_checked:
             return
-        from rerank_ray.cache import supplied_dimension
-        from rerank_ray.errors import DataError
         from rerank_ray.models import model_dimension
+        from rerank_ray.supplied import check_dimensions
 
         config = self.config
-        supplied = [
-            (path, supplied_dimension(path, id_column), f"the {role} embeddings in {path}")
-            for role, id_column, path in (
-                ("corpus", "pid", config.corpus_embeddings),
-                ("query", "qid", config.query_embeddings),
-            )
-            if path
-        ]
-        if len(supplied) == 1:
-            computed = model_dimension(self._model("embedder").path)
-            if computed:
-                other = "query" if config.corpus_embeddings else "corpus"
-                supplied.append(
-                    (None, computed, f"the {other} vectors of the embedder {config.embedder}")
-                )
-        if len(supplied) == 2 and supplied[0][1] != supplied[1][1]:
-            (path, dimension, _), (_, other_dimension, other) = supplied
-            raise DataError(
-                f"{path}: {dimension}-dimensional embeddings, but {other} have"
-                f" {other_dimension} dimensions"
-            )
+        corpus, queries = config.corpus_embeddings, config.query_embeddings
+        embedder = None
+        if (corpus is None) != (queries is None):  # one role is computed by the embedder
+            embedder = (config.embedder, model_dimension(self._model("embedder").path))
+        check_dimensions(corpus, queries, embedder)
         self._supplied_checked = True
 
     def run_all(self, resume: bool = True) -> dict:

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from rerank_ray.cross_encoder import CrossEncoder, sigmoid
 from rerank_ray.errors import ConfigError
 from rerank_ray.io import (
     atomic_path,
@@ -33,7 +34,6 @@ from rerank_ray.io import (
     write_dataset,
     write_table,
 )
-from rerank_ray.models import CrossEncoder, sigmoid
 from rerank_ray.options import option
 from rerank_ray.pool import (
     ActorResources,
@@ -262,7 +262,7 @@ def reranked_rankings(rerank_path: str, retrieved: dict[str, list[str]]) -> dict
         rerank_path: ``rerank.parquet``.
         retrieved: The retrieval rankings (``read_ranking`` of ``retrieval.parquet``).
     """
-    from rerank_ray.search import read_ranking
+    from rerank_ray.ranking import read_ranking
 
     reranked = read_ranking(rerank_path)
     rankings = {}

@@ -1,6 +1,6 @@
 """Reranking for applications: one query, a list of documents, the best first.
 
-The same scoring as the pipeline's rerank stage (:class:`rerank_ray.models.CrossEncoder`,
+The same scoring as the pipeline's rerank stage (:class:`rerank_ray.cross_encoder.CrossEncoder`,
 equal to ``FlagReranker.compute_score``), with the conventions RAG code expects: results
 carry the raw ``score`` (logit) and ``relevance_score`` (its sigmoid, as
 sentence-transformers' ``CrossEncoder.predict`` and Langchain-Chatchat report it), and
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rerank_ray.models import CrossEncoder, sigmoid
+from rerank_ray.cross_encoder import CrossEncoder, sigmoid
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 
 Each task reads one Parquet file of corpus embeddings in blocks and keeps, for every query, the
 exact top-k seen so far (:class:`BlockSearch`); the driver merges the tasks' results as they
-finish. The driver holds the query vectors and one ``queries x k`` result, never the corpus
-vectors, so its memory does not grow with the corpus.
+finish (:func:`rerank_ray.ranking.merge_topk`). The driver holds the query vectors and one
+``queries x k`` result, never the corpus vectors, so its memory does not grow with the corpus.
 
 Per block, a bfloat16 matrix product shortlists the passages that can still enter a query's
 top-k, and only those are scored exactly:
@@ -44,7 +44,6 @@ from __future__ import annotations
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -54,10 +53,7 @@ from rerank_ray.embed import embedding_files, embedding_matrix
 from rerank_ray.errors import DataError
 from rerank_ray.io import atomic_path, open_input, read_table, write_table
 from rerank_ray.pool import StageStats, cluster_gpus, decide_device
-
-RETRIEVAL_SCHEMA = pa.schema(
-    [("qid", pa.string()), ("pid", pa.string()), ("rank", pa.int32()), ("score", pa.float32())]
-)
+from rerank_ray.ranking import TopK, merge_topk, topk_table
 
 #: Most scores one block's matrix product may hold: 32M bfloat16 (64 MiB).
 MAX_BLOCK_SCORES = 1 << 25
@@ -67,30 +63,6 @@ BFLOAT16_OUTPUT_ROUNDING = 2.0**-8 / (1 - 2.0**-8)
 
 #: Absolute slack for vectors so small that bfloat16 flushes them to zero.
 _TINY = 1e-30
-
-
-@dataclass(frozen=True)
-class TopK:
-    """Per-query top-k: ``scores`` (float64) and ``ids`` of shape ``(num_queries, <= k)``."""
-
-    scores: np.ndarray
-    ids: np.ndarray
-
-
-def _order_by_score_then_id(scores: np.ndarray, ids: np.ndarray, k: int) -> TopK:
-    order = np.lexsort((ids, -scores), axis=1)[:, :k]
-    return TopK(np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1))
-
-
-def merge_topk(first: TopK | None, second: TopK, k: int) -> TopK:
-    """The top-k of two partial top-k results over disjoint parts of the corpus."""
-    if first is None:
-        return second
-    return _order_by_score_then_id(
-        np.concatenate([first.scores, second.scores], axis=1),
-        np.concatenate([first.ids, second.ids], axis=1),
-        k,
-    )
 
 
 @contextmanager
@@ -451,28 +423,3 @@ def _search_task(path: str, queries: np.ndarray, k: int) -> tuple[TopK, dict]:
     device = pick_device()
     placement = {"node": ray.get_runtime_context().get_node_id(), "device": device}
     return search_file(path, queries, k, device=device), placement
-
-
-def topk_table(qids: np.ndarray, result: TopK) -> pa.Table:
-    """A long ``qid, pid, rank, score`` table from per-query top-k arrays."""
-    num_queries, width = result.ids.shape
-    return pa.table(
-        {
-            "qid": np.repeat(qids, width),
-            "pid": result.ids.reshape(-1),
-            "rank": np.tile(np.arange(1, width + 1, dtype=np.int32), num_queries),
-            "score": result.scores.reshape(-1).astype(np.float32),
-        },
-        schema=RETRIEVAL_SCHEMA,
-    )
-
-
-def read_ranking(path: str) -> dict[str, list[str]]:
-    """``{qid: [pid, ...]}`` in rank order from a ``retrieval.parquet`` or ``rerank.parquet``."""
-    table = read_table(path, columns=["qid", "pid", "rank"]).sort_by(
-        [("qid", "ascending"), ("rank", "ascending")]
-    )
-    ranking: dict[str, list[str]] = {}
-    for qid, pid in zip(table.column("qid").to_pylist(), table.column("pid").to_pylist()):
-        ranking.setdefault(qid, []).append(pid)
-    return ranking

@@ -23,7 +23,8 @@ def main(corpus_path: str, out_dir: str, result_path: str) -> None:
     from ray.cluster_utils import Cluster
 
     from rerank_ray.embed import embed_table
-    from rerank_ray.models import EmbedderOptions, resolve_model_path
+    from rerank_ray.embedder import EmbedderOptions
+    from rerank_ray.models import resolve_model_path
     from rerank_ray.pool import plan_resources
     from rerank_ray.search import exact_search
 

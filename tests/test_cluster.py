@@ -298,7 +298,7 @@ def test_simulated_gpu_nodes_get_one_actor_each_and_match_the_cpu_run(
 ):
     import pyarrow as pa
 
-    from rerank_ray.models import Embedder, EmbedderOptions
+    from rerank_ray.embedder import Embedder, EmbedderOptions
 
     with open(msmarco / "dev.jsonl") as handle:
         texts = [json.loads(next(handle))["positive"][0] for _ in range(80)]

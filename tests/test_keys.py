@@ -16,8 +16,9 @@ import pytest
 from rerank_ray.cache import embedding_key
 from rerank_ray.config import ComputeConfig, RunConfig
 from rerank_ray.datasets import DataConfig
+from rerank_ray.embedder import EmbedderOptions
 from rerank_ray.keys import vector_options
-from rerank_ray.models import EmbedderOptions, weights_fingerprint
+from rerank_ray.models import weights_fingerprint
 from rerank_ray.pipeline import STAGES, Pipeline
 from rerank_ray.rerank import RerankOptions
 

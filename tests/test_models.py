@@ -8,13 +8,11 @@ import json
 import numpy as np
 import pytest
 
+from rerank_ray.embedder import Embedder, EmbedderOptions, length_batches
 from rerank_ray.errors import ConfigError
 from rerank_ray.models import (
-    Embedder,
-    EmbedderOptions,
     default_max_length,
     default_pooling,
-    length_batches,
     resolve_model,
     weights_fingerprint,
 )

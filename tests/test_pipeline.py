@@ -21,8 +21,8 @@ from rerank_ray.cli import main
 from rerank_ray.config import ComputeConfig, RunConfig
 from rerank_ray.datasets import DataConfig
 from rerank_ray.embed import embedding_matrix
+from rerank_ray.embedder import EmbedderOptions
 from rerank_ray.io import file_info, join, open_input, parquet_files
-from rerank_ray.models import EmbedderOptions
 from rerank_ray.pipeline import run_pipeline
 from rerank_ray.rerank import RerankOptions
 
@@ -357,7 +357,8 @@ def test_tokenizing_upstream_gives_the_same_vectors(ray_session, msmarco, tmp_pa
     """The GPU layout (tokenize in CPU tasks, model in actors) equals the model tokenizing
     its own texts in this process (what a one-actor pool runs), counts included."""
     from rerank_ray.embed import _tokenized, embed_tables
-    from rerank_ray.models import Embedder, resolve_model_path
+    from rerank_ray.embedder import Embedder
+    from rerank_ray.models import resolve_model_path
 
     rows = [json.loads(line) for line in (msmarco / "dev.jsonl").open().readlines()[:24]]
     options = EmbedderOptions(query_instruction="query: ", passage_max_length=32)

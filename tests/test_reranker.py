@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from rerank_ray import Reranker
-from rerank_ray.models import CrossEncoder, build_smoke_reranker, sigmoid
+from rerank_ray.cross_encoder import CrossEncoder, build_smoke_reranker, sigmoid
 from rerank_ray.rerank import rank_scored_pairs
 
 

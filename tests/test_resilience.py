@@ -17,15 +17,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rerank_ray.cache import import_embeddings
 from rerank_ray.cli import main
 from rerank_ray.config import ComputeConfig, RunConfig
 from rerank_ray.datasets import DataConfig
 from rerank_ray.embed import embed_table, embedding_matrix
+from rerank_ray.embedder import EmbedderOptions
 from rerank_ray.errors import DataError
-from rerank_ray.models import EmbedderOptions
 from rerank_ray.pipeline import run_pipeline
 from rerank_ray.rerank import RerankOptions
+from rerank_ray.supplied import import_embeddings
 
 
 def _config(msmarco, out, cache, **changes) -> RunConfig:
@@ -77,7 +77,7 @@ def reranked_run(first_run, msmarco, tmp_path_factory):
     out = tmp_path_factory.mktemp("reranked")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("rerank_ray.embed.embed_tables", no_model)
-        patch.setattr("rerank_ray.models.Embedder.__init__", no_model)
+        patch.setattr("rerank_ray.embedder.Embedder.__init__", no_model)
         metrics = run_pipeline(_config(msmarco, out, cache, rerank=RERANK))
     return out, metrics
 
@@ -181,7 +181,7 @@ def test_check_ids_equals_a_brute_force_count_across_files_and_partitions(
     ray_session, tmp_path, monkeypatch
 ):
     from rerank_ray import io
-    from rerank_ray.cache import check_ids
+    from rerank_ray.supplied import check_ids
 
     # One read task per file: 7 blocks, so the sort has 7 partitions and ids cross them.
     monkeypatch.setattr(io, "READ_TASK_BYTES", 1)
@@ -205,7 +205,7 @@ def test_check_ids_equals_a_brute_force_count_across_files_and_partitions(
 
 
 def test_ids_that_go_on_in_the_next_sorted_block_are_counted_whole():
-    from rerank_ray.cache import _id_counts_of_interest
+    from rerank_ray.supplied import _id_counts_of_interest
 
     def block(ids, in_table, supplied):
         return pa.table({"id": ids, "in_table": in_table, "supplied": supplied})

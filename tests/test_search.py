@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from rerank_ray.embed import to_fixed_size_list
-from rerank_ray.search import BlockSearch, _round_down, exact_search, merge_topk
+from rerank_ray.ranking import merge_topk
+from rerank_ray.search import BlockSearch, _round_down, exact_search
 
 #: bfloat16's unit roundoff: round to nearest moves a value by at most ``U`` of it.
 U = 2.0**-8
