@@ -32,20 +32,23 @@ from rerank_ray.io import (
     discard,
     exists,
     is_dir,
-    iter_parquet_batches,
     join,
     makedirs,
     open_binary,
     open_output,
+    read_json,
+    resolve,
+    write_json,
+)
+from rerank_ray.parquet import (
+    iter_parquet_batches,
     parquet_files,
     parquet_rows,
     parquet_schema,
     parquet_writer,
     read_dataset,
-    read_json,
-    resolve,
-    write_json,
 )
+from rerank_ray.raydata import iter_sorted_groups
 
 #: Bumped when the stored layout changes, so old entries are not read as new ones.
 CACHE_FORMAT = 2
@@ -412,14 +415,13 @@ def check_ids(table_path: str, supplied_path: str, id_column: str) -> IdProblems
     may go on in the next block), and the driver reads these in id order, one id at a time.
     It keeps at most :data:`ID_PROBLEM_SAMPLE` bad ids of each kind and the count of missing
     ones, so its memory does not grow with the table (see
-    :func:`rerank_ray.datasets.iter_sorted_groups`).
+    :func:`rerank_ray.raydata.iter_sorted_groups`).
 
     Example::
 
         check_ids("data/corpus.parquet", "mine/", "pid").missing
         # 0
     """
-    from rerank_ray.datasets import iter_sorted_groups
 
     def ids(path: str, in_table: int):
         return (
