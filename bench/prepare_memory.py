@@ -134,8 +134,9 @@ def stage_only(directory: str) -> None:
     """Run the prepare stage alone in this (fresh) process; print time, counts and peaks."""
     import ray
 
-    from rerank_ray.datasets import DataConfig, prepare_data, read_qrels
+    from rerank_ray.datasets import DataConfig, prepare_data
     from rerank_ray.local_ray import start_local_ray
+    from rerank_ray.tables import read_qrels
 
     start_local_ray(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     config = DataConfig(

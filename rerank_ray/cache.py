@@ -33,13 +33,11 @@ from rerank_ray.io import (
     makedirs,
     open_binary,
     open_output,
-    parquet_files,
-    parquet_rows,
-    parquet_schema,
     read_json,
     resolve,
     write_json,
 )
+from rerank_ray.parquet import parquet_files, parquet_rows, parquet_schema
 
 #: Bumped when the stored layout changes, so old entries are not read as new ones.
 CACHE_FORMAT = 2

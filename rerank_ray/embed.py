@@ -27,17 +27,8 @@ import pyarrow.compute as pc
 from ray.data import Datasink
 
 from rerank_ray.embedder import Embedder, EmbedderOptions
-from rerank_ray.io import (
-    discard,
-    join,
-    makedirs,
-    parquet_files,
-    parquet_rows,
-    publish,
-    read_dataset,
-    temporary_sibling,
-    write_table,
-)
+from rerank_ray.io import discard, join, makedirs, publish, temporary_sibling
+from rerank_ray.parquet import parquet_files, parquet_rows, read_dataset, write_table
 from rerank_ray.pool import (
     ActorResources,
     StageStats,

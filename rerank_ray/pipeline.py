@@ -36,13 +36,15 @@ from dataclasses import asdict
 from importlib import metadata
 
 from rerank_ray.config import RunConfig
-from rerank_ray.datasets import PreparedData, is_local_source, prepare_data, read_qrels
+from rerank_ray.datasets import PreparedData, prepare_data
 from rerank_ray.errors import ConfigError
+from rerank_ray.formats import is_local_source
 from rerank_ray.io import content_fingerprint, discard, exists, write_json
 from rerank_ray.keys import digest, score_options, vector_options
 from rerank_ray.local_ray import connect_ray
 from rerank_ray.rundir import RunDirectory
 from rerank_ray.stages import STAGE_TABLE, STAGES
+from rerank_ray.tables import read_qrels
 
 log = logging.getLogger("rerank_ray")
 
@@ -257,7 +259,7 @@ class Pipeline:
         """Normalize the sources into the run's Parquet tables (no model).
 
         A separate corpus table is checked on Ray Data (ids, positives): see
-        :func:`rerank_ray.datasets.check_corpus`.
+        :func:`rerank_ray.corpus_check.check_corpus`.
         """
         self.config.data.validate()  # sources checked before Ray starts
         if self.config.data.corpus is not None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from rerank_ray.io import read_table
+from rerank_ray.parquet import read_table
 
 RETRIEVAL_SCHEMA = pa.schema(
     [("qid", pa.string()), ("pid", pa.string()), ("rank", pa.int32()), ("score", pa.float32())]

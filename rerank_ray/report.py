@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from rerank_ray.io import read_table, write_bytes, write_text
+from rerank_ray.io import write_bytes, write_text
 from rerank_ray.metrics import (
     DEFAULT_METRICS,
     depth_note,
@@ -12,6 +12,7 @@ from rerank_ray.metrics import (
     recall_at_k,
     reciprocal_rank_at_k,
 )
+from rerank_ray.parquet import read_table
 
 SMOKE_MODELS = ("minilm-smoke",)
 SMOKE_NOTE = (

@@ -25,16 +25,9 @@ import pyarrow.compute as pc
 
 from rerank_ray.cross_encoder import CrossEncoder, sigmoid
 from rerank_ray.errors import ConfigError
-from rerank_ray.io import (
-    atomic_path,
-    discard,
-    read_dataset,
-    read_table,
-    temporary_sibling,
-    write_dataset,
-    write_table,
-)
+from rerank_ray.io import atomic_path, discard, temporary_sibling
 from rerank_ray.options import option
+from rerank_ray.parquet import read_dataset, read_table, write_dataset, write_table
 from rerank_ray.pool import (
     ActorResources,
     StageStats,

@@ -51,7 +51,8 @@ import pyarrow.parquet as pq
 
 from rerank_ray.embed import embedding_files, embedding_matrix
 from rerank_ray.errors import DataError
-from rerank_ray.io import atomic_path, open_input, read_table, write_table
+from rerank_ray.io import atomic_path, open_input
+from rerank_ray.parquet import read_table, write_table
 from rerank_ray.pool import StageStats, cluster_gpus, decide_device
 from rerank_ray.ranking import TopK, merge_topk, topk_table
 

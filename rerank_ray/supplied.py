@@ -23,13 +23,9 @@ import pyarrow as pa
 
 from rerank_ray.embed import to_fixed_size_list
 from rerank_ray.errors import DataError
-from rerank_ray.io import (
-    atomic_path,
-    exists,
-    is_dir,
+from rerank_ray.io import atomic_path, exists, is_dir, join, makedirs
+from rerank_ray.parquet import (
     iter_parquet_batches,
-    join,
-    makedirs,
     parquet_files,
     parquet_schema,
     parquet_writer,
@@ -240,14 +236,14 @@ def check_ids(table_path: str, supplied_path: str, id_column: str) -> IdProblems
     may go on in the next block), and the driver reads these in id order, one id at a time.
     It keeps at most :data:`ID_PROBLEM_SAMPLE` bad ids of each kind and the count of missing
     ones, so its memory does not grow with the table (see
-    :func:`rerank_ray.datasets.iter_sorted_groups`).
+    :func:`rerank_ray.raydata.iter_sorted_groups`).
 
     Example::
 
         check_ids("data/corpus.parquet", "mine/", "pid").missing
         # 0
     """
-    from rerank_ray.datasets import iter_sorted_groups
+    from rerank_ray.raydata import iter_sorted_groups
 
     def ids(path: str, in_table: int):
         return (

@@ -9,9 +9,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rerank_ray import datasets, io
-from rerank_ray.datasets import DataConfig, check_corpus, passage_id, prepare_data, read_qrels
+from rerank_ray import corpus_check, formats, parquet
+from rerank_ray.corpus_check import check_corpus
+from rerank_ray.datasets import DataConfig, prepare_data
 from rerank_ray.errors import ConfigError, DataError
+from rerank_ray.formats import passage_id
+from rerank_ray.tables import read_qrels
 
 # A separate corpus table is checked on Ray Data (check_corpus): one Ray for the session.
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -165,7 +168,7 @@ def test_exact_duplicate_rows_leave_the_same_table_as_no_duplicates(tmp_path):
 def test_check_corpus_equals_a_brute_force_scan_across_blocks(tmp_path, monkeypatch):
     # 3,000 rows in 10 files, read one file a task and sorted into 10 blocks: repeats,
     # conflicts and matches must not depend on which block a row lands in.
-    monkeypatch.setattr(io, "READ_TASK_BYTES", 1)
+    monkeypatch.setattr(parquet, "READ_TASK_BYTES", 1)
     rows = [(f"p{i % 2900}", f"text {i % 2900}") for i in range(3000)]  # 100 exact repeats
     rows[2950] = ("p50", "another text")  # p50 conflicts
     rows[10] = ("p10", "  text 7 ")  # p10's text is text 7 once stripped
@@ -204,13 +207,13 @@ def test_a_pid_that_goes_on_in_the_next_sorted_block_is_still_seen_twice():
     second = pa.table(
         {"pid": ["c", "d", "e", "e"], "digest": [3, 4, 5, 6], "wanted": [-1, 0, -1, -1]}
     )
-    kept = [datasets._rows_of_interest(block).to_pylist() for block in (first, second)]
+    kept = [corpus_check._rows_of_interest(block).to_pylist() for block in (first, second)]
     assert [r["pid"] for r in kept[0]] == ["a", "c"]  # the edges
     assert [r["pid"] for r in kept[1]] == ["c", "d", "e", "e"]  # edge, wanted, a run
     conflicting, repeated, matches = set(), set(), {}
     for pid in "acde":
         group = [r for block in kept for r in block if r["pid"] == pid]
-        datasets._settle(group, conflicting, repeated, matches)
+        corpus_check._settle(group, conflicting, repeated, matches)
     assert (conflicting, repeated, matches) == ({"e"}, {"c"}, {0: ["d"]})
 
 
@@ -339,16 +342,16 @@ def test_tsv_readers_read_past_each_defect(tmp_path, defect):
     for kind, text in (("clean", collection), (defect, collection)):
         path = tmp_path / f"{kind}-collection.tsv"
         path.write_bytes(text.encode() if kind == "clean" else _dirty(text, defect))
-        rows[kind] = [row[1:] for row in datasets.iter_tsv(str(path), ("pid", "text"))]
+        rows[kind] = [row[1:] for row in formats.iter_tsv(str(path), ("pid", "text"))]
     assert rows[defect] == rows["clean"] == [
         ("1", "first passage"), ("2", "second passage"), ("3", "third passage")
     ]  # fmt: skip
     path = tmp_path / "queries.tsv"
     path.write_bytes(_dirty(queries, defect))
-    assert [row[1] for row in datasets.iter_tsv(str(path), ("qid", "text"))] == ["10", "11"]
+    assert [row[1] for row in formats.iter_tsv(str(path), ("qid", "text"))] == ["10", "11"]
     path = tmp_path / "qrels.tsv"
     path.write_bytes(_dirty(qrels, defect))
-    assert [row[1:] for row in datasets.iter_trec_qrels(str(path))] == [
+    assert [row[1:] for row in formats.iter_trec_qrels(str(path))] == [
         ("10", "1", 2), ("10", "2", 0), ("11", "3", 1)
     ]  # fmt: skip
 
@@ -375,7 +378,8 @@ def test_dataset_file_with_bom_and_crlf_gives_the_clean_tables(tmp_path, fmt):
 def test_tsv_layout_and_tables_on_s3(tmp_path, s3_bucket):
     """Sources and tables on S3: the same tables as on a local disk; a conflicting pid is
     named by its URI and line, and leaves no table there."""
-    from rerank_ray.io import exists, join, parquet_files, read_table, write_bytes
+    from rerank_ray.io import exists, join, write_bytes
+    from rerank_ray.parquet import parquet_files, read_table
 
     files = {
         "collection.tsv": "1\ta\n2\tb\n1\ta\n3\tc\n2\tb\n",

@@ -14,16 +14,18 @@ from rerank_ray.io import (
     discard,
     exists,
     is_dir,
-    iter_parquet_batches,
     join,
     makedirs,
-    parquet_files,
-    parquet_rows,
     publish,
     read_json,
-    read_table,
     temporary_sibling,
     write_json,
+)
+from rerank_ray.parquet import (
+    iter_parquet_batches,
+    parquet_files,
+    parquet_rows,
+    read_table,
     write_table,
 )
 
@@ -110,15 +112,15 @@ def _listing(root: str) -> list[str]:
 
 
 def test_ray_reads_a_table_in_read_tasks_of_the_chosen_size(ray_session, tmp_path, monkeypatch):
-    from rerank_ray import io
+    from rerank_ray import parquet
 
     for name in ("a.parquet", "b.parquet", "c.parquet"):
         _part(str(tmp_path), name, list(range(100)))
-    monkeypatch.delenv(io._BIN_PACKING_VARIABLE, raising=False)
-    assert io.read_dataset(str(tmp_path)).materialize().num_blocks() == 1  # 1 MiB: one task
-    monkeypatch.setattr(io, "READ_TASK_BYTES", 1)
-    dataset = io.read_dataset(str(tmp_path)).materialize()
+    monkeypatch.delenv(parquet._BIN_PACKING_VARIABLE, raising=False)
+    assert parquet.read_dataset(str(tmp_path)).materialize().num_blocks() == 1  # 1 MiB: one task
+    monkeypatch.setattr(parquet, "READ_TASK_BYTES", 1)
+    dataset = parquet.read_dataset(str(tmp_path)).materialize()
     assert dataset.num_blocks() == 3 and dataset.count() == 300  # one task per file
-    assert io._BIN_PACKING_VARIABLE not in os.environ  # set for the call only
-    monkeypatch.setenv(io._BIN_PACKING_VARIABLE, str(1 << 30))  # the user's value wins
-    assert io.read_dataset(str(tmp_path)).materialize().num_blocks() == 1
+    assert parquet._BIN_PACKING_VARIABLE not in os.environ  # set for the call only
+    monkeypatch.setenv(parquet._BIN_PACKING_VARIABLE, str(1 << 30))  # the user's value wins
+    assert parquet.read_dataset(str(tmp_path)).materialize().num_blocks() == 1

@@ -22,7 +22,8 @@ from rerank_ray.config import ComputeConfig, RunConfig
 from rerank_ray.datasets import DataConfig
 from rerank_ray.embed import embedding_matrix
 from rerank_ray.embedder import EmbedderOptions
-from rerank_ray.io import file_info, join, open_input, parquet_files
+from rerank_ray.io import file_info, join, open_input
+from rerank_ray.parquet import parquet_files
 from rerank_ray.pipeline import run_pipeline
 from rerank_ray.rerank import RerankOptions
 

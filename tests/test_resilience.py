@@ -180,11 +180,11 @@ def test_bad_supplied_embeddings_are_rejected(ray_session, tmp_path, damage, mes
 def test_check_ids_equals_a_brute_force_count_across_files_and_partitions(
     ray_session, tmp_path, monkeypatch
 ):
-    from rerank_ray import io
+    from rerank_ray import parquet
     from rerank_ray.supplied import check_ids
 
     # One read task per file: 7 blocks, so the sort has 7 partitions and ids cross them.
-    monkeypatch.setattr(io, "READ_TASK_BYTES", 1)
+    monkeypatch.setattr(parquet, "READ_TASK_BYTES", 1)
     table = [f"p{i}" for i in range(3000)]
     pq.write_table(pa.table({"pid": table}), tmp_path / "table.parquet")
     supplied = table[:2900] + ["x1", "x2"] + table[5:15] + table[7:8]  # 100 missing, 2 unknown
