@@ -1,19 +1,12 @@
-"""Stage order, the run directory and its manifest.
+"""The stages of one run directory, in order, and its manifest.
 
-A run directory is the contract between stages::
-
-    RUN/
-      manifest.json          config, models, data, versions, per-stage timings
-      data/                  corpus.parquet/ (part files), queries.parquet, qrels.parquet
-      embeddings/corpus/     Parquet (pid, embedding)
-      embeddings/queries/    Parquet (qid, embedding)
-      retrieval.parquet      qid, pid, rank, score
-      rerank.parquet         qid, pid, rank, score, relevance_score, retrieval_rank
-      metrics.json           {"retrieval": {"recall@1": …, …}, "rerank": {…}}
-      report.md, report.png
-
-Each stage reads only what earlier stages wrote there, and publishes its own output
-atomically, so any stage can be re-run alone. A :class:`Pipeline` owns its run directory
+A run directory is the contract between stages: each reads only what earlier stages wrote
+there (the layout: README's "The run directory"; the table of reads and writes:
+:data:`rerank_ray.stages.STAGE_TABLE`) and publishes its own output atomically, so any stage
+can be re-run alone. Each stage's work lives in its module (:mod:`rerank_ray.datasets`,
+:mod:`rerank_ray.embed`, :mod:`rerank_ray.search`, :mod:`rerank_ray.rerank`,
+:mod:`rerank_ray.evaluation`); this one decides what runs, records it in the manifest, and
+keys every output by what it was computed from. A :class:`Pipeline` owns its run directory
 while it exists (one writer, never a folder that is not a run directory): see
 :mod:`rerank_ray.rundir`.
 
@@ -39,12 +32,11 @@ from rerank_ray.config import RunConfig
 from rerank_ray.datasets import PreparedData, prepare_data
 from rerank_ray.errors import ConfigError
 from rerank_ray.formats import is_local_source
-from rerank_ray.io import content_fingerprint, discard, exists, write_json
+from rerank_ray.io import content_fingerprint, discard, exists
 from rerank_ray.keys import digest, score_options, vector_options
 from rerank_ray.local_ray import connect_ray
 from rerank_ray.rundir import RunDirectory
 from rerank_ray.stages import STAGE_TABLE, STAGES
-from rerank_ray.tables import read_qrels
 
 log = logging.getLogger("rerank_ray")
 
@@ -371,10 +363,8 @@ class Pipeline:
     def evaluate(self) -> dict:
         """Metrics of each stage's rankings; writes metrics.json, report.md and report.png."""
         from rerank_ray.cross_encoder import SMOKE_WARNING, is_smoke_model
-        from rerank_ray.metrics import DEFAULT_METRICS, evaluate, within_depth
-        from rerank_ray.ranking import read_ranking
-        from rerank_ray.report import compare_stages, write_plot, write_report
-        from rerank_ray.rerank import reranked_rankings
+        from rerank_ray.evaluation import evaluate_run
+        from rerank_ray.report import write_report
 
         self.run.require(self.run.retrieval_path, "retrieve")
         prepared = self._prepared()
@@ -382,35 +372,18 @@ class Pipeline:
         if self.config.reranks and not reranked:
             raise ConfigError(f"{self.run.rerank_path}: missing; run the 'rerank' stage first")
         result: dict = {}
-        rankings: dict = {}
-        names, deeper = within_depth(DEFAULT_METRICS, self.config.top_k)
 
         def work() -> dict:
-            qrels = read_qrels(prepared.qrels_path)
-            rankings["retrieval"] = read_ranking(self.run.retrieval_path)
-            if reranked:
-                rankings["rerank"] = reranked_rankings(self.run.rerank_path, rankings["retrieval"])
-            stats: dict = {}
-            for stage, ranking in rankings.items():
-                evaluation = evaluate(ranking, qrels, names)
-                result[stage] = evaluation.metrics
-                stats["evaluated_queries"] = evaluation.evaluated_queries
-                stats["queries_without_relevant"] = evaluation.queries_without_relevant
-            if deeper:
-                stats["not_reported"] = deeper  # deeper than the rankings
-            if reranked:
-                stats["rerank_effect"] = compare_stages(
-                    rankings["retrieval"], rankings["rerank"], qrels
-                )
-            write_json(self.run.metrics_path, result)
-            write_plot(
-                self.run.plot_path,
-                rankings,
-                qrels,
+            metrics, stats = evaluate_run(
+                self.run.retrieval_path,
                 self.run.rerank_path if reranked else None,
+                prepared.qrels_path,
                 self.config.top_k,
+                self.run.metrics_path,
+                self.run.plot_path,
                 note=SMOKE_WARNING if reranked and is_smoke_model(self.config.reranker) else None,
             )
+            result.update(metrics)
             return stats
 
         self._timed("evaluate", work)
