@@ -101,14 +101,18 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def _print_summary(config: RunConfig, metrics: dict) -> None:
     from rerank_ray.cross_encoder import SMOKE_WARNING, is_smoke_model
+    from rerank_ray.io import exists, read_json
     from rerank_ray.metrics import DEFAULT_METRICS, depth_note, within_depth
-    from rerank_ray.pipeline import RunDirectory
-    from rerank_ray.report import metrics_table
+    from rerank_ray.report import metrics_table, significance_note, significant_metrics
+    from rerank_ray.rundir import RunDirectory
 
     run = RunDirectory(config.out)
+    significance = read_json(run.significance_path) if exists(run.significance_path) else None
     print()
     print(f"embedder: {config.embedder}   reranker: {config.reranker}   top-k: {config.top_k}")
-    print(metrics_table(metrics))
+    print(metrics_table(metrics, significant_metrics(significance)))
+    if "rerank" in metrics and significance_note(significance):
+        print(significance_note(significance))
     _, deeper = within_depth(DEFAULT_METRICS, config.top_k)
     if deeper:
         print(f"NOTE: {depth_note(deeper, config.top_k)}")

@@ -1,26 +1,31 @@
-"""The evaluate stage: each stage's rankings against the qrels, written as ``metrics.json``
-and ``report.png``.
+"""The evaluate stage: each system's rankings against the qrels.
 
 Rankings are read from the run's Parquet files (``retrieval.parquet``, and
 ``rerank.parquet`` whose reranked top is followed by the rest of the retrieval order); metrics
 deeper than the retrieval depth are not computed (:func:`rerank_ray.metrics.within_depth`).
+Writes ``metrics.json`` (``{system: {metric: mean}}``), ``per_query.parquet`` (``system, qid,
+metric, value``: the values the means and the tests are computed from), ``significance.json``
+(each system against the retrieval, :mod:`rerank_ray.significance`) and ``report.png``.
 
 Example::
 
     from rerank_ray.evaluation import evaluate_run
     metrics, stats = evaluate_run("RUN/retrieval.parquet", None, "RUN/data/qrels.parquet",
-                                  top_k=100, metrics_path="RUN/metrics.json",
-                                  plot_path="RUN/report.png")
+                                  top_k=100, out=RunDirectory("RUN"))
     metrics["retrieval"]["recall@10"]
 """
 
 from __future__ import annotations
 
+import pyarrow as pa
+
 from rerank_ray.io import write_json
 from rerank_ray.metrics import DEFAULT_METRICS, evaluate, within_depth
+from rerank_ray.parquet import write_table
 from rerank_ray.ranking import read_ranking
 from rerank_ray.report import compare_stages, write_plot
 from rerank_ray.rerank import reranked_rankings
+from rerank_ray.significance import ALPHA, RESAMPLES, SEED, compare_systems
 from rerank_ray.tables import read_qrels
 
 
@@ -29,14 +34,13 @@ def evaluate_run(
     rerank_path: str | None,
     qrels_path: str,
     top_k: int,
-    metrics_path: str,
-    plot_path: str,
+    out,
     note: str | None = None,
 ) -> tuple[dict, dict]:
     """Metrics of the retrieval (and, with ``rerank_path``, the rerank) rankings.
 
-    Writes ``metrics_path`` (``{stage: {metric: value}}``) and the plot (with ``note`` on it,
-    e.g. that the reranker is a smoke model).
+    Writes the stage's outputs into ``out`` (a :class:`~rerank_ray.rundir.RunDirectory`),
+    the plot with ``note`` on it (e.g. that the reranker is a smoke model).
 
     Returns:
         The metrics, and the stage's statistics: queries evaluated, queries without a
@@ -48,16 +52,54 @@ def evaluate_run(
     if rerank_path:
         rankings["rerank"] = reranked_rankings(rerank_path, rankings["retrieval"])
     metrics: dict = {}
+    per_query: dict = {}
     stats: dict = {}
     for stage, ranking in rankings.items():
         evaluation = evaluate(ranking, qrels, names)
         metrics[stage] = evaluation.metrics
+        per_query[stage] = evaluation.per_query
         stats["evaluated_queries"] = evaluation.evaluated_queries
         stats["queries_without_relevant"] = evaluation.queries_without_relevant
     if deeper:
         stats["not_reported"] = deeper  # deeper than the rankings
     if rerank_path:
         stats["rerank_effect"] = compare_stages(rankings["retrieval"], rankings["rerank"], qrels)
-    write_json(metrics_path, metrics)
-    write_plot(plot_path, rankings, qrels, rerank_path, top_k, note=note)
+    comparisons = compare_systems(per_query, "retrieval", names)
+    write_json(out.metrics_path, metrics)
+    write_table(per_query_table(per_query), out.per_query_path)
+    write_json(
+        out.significance_path,
+        {
+            "baseline": "retrieval",
+            "alpha": ALPHA,
+            "tests": "paired randomization (sign flips, two-sided), paired t-test, bootstrap"
+            f" BCa 95% CI; {RESAMPLES} resamples, seed {SEED}; Holm across systems",
+            "comparisons": [c.to_dict() for c in comparisons],
+        },
+    )
+    write_plot(out.plot_path, rankings, qrels, rerank_path, top_k, note=note)
     return metrics, stats
+
+
+def per_query_table(per_query: dict) -> pa.Table:
+    """``system, qid, metric, value`` rows of ``{system: {qid: {metric: value}}}``.
+
+    Example:
+        >>> per_query_table({"retrieval": {"q1": {"mrr@10": 0.5}}}).to_pylist()
+        [{'system': 'retrieval', 'qid': 'q1', 'metric': 'mrr@10', 'value': 0.5}]
+    """
+    rows = [
+        (system, qid, metric, value)
+        for system, queries in per_query.items()
+        for qid, values in queries.items()
+        for metric, value in values.items()
+    ]
+    columns = list(zip(*rows)) if rows else [[], [], [], []]
+    return pa.table(
+        {
+            "system": pa.array(columns[0], pa.string()),
+            "qid": pa.array(columns[1], pa.string()),
+            "metric": pa.array(columns[2], pa.string()),
+            "value": pa.array(columns[3], pa.float64()),
+        }
+    )

@@ -32,7 +32,7 @@ from rerank_ray.config import RunConfig
 from rerank_ray.datasets import PreparedData, prepare_data
 from rerank_ray.errors import ConfigError
 from rerank_ray.formats import is_local_source
-from rerank_ray.io import content_fingerprint, discard, exists
+from rerank_ray.io import content_fingerprint, discard, exists, read_json
 from rerank_ray.keys import digest, score_options, vector_options
 from rerank_ray.local_ray import connect_ray
 from rerank_ray.rundir import RunDirectory
@@ -379,15 +379,15 @@ class Pipeline:
                 self.run.rerank_path if reranked else None,
                 prepared.qrels_path,
                 self.config.top_k,
-                self.run.metrics_path,
-                self.run.plot_path,
+                self.run,
                 note=SMOKE_WARNING if reranked and is_smoke_model(self.config.reranker) else None,
             )
             result.update(metrics)
             return stats
 
         self._timed("evaluate", work)
-        write_report(self.run.report_path, result, self.manifest)
+        significance = read_json(self.run.significance_path)
+        write_report(self.run.report_path, result, self.manifest, significance)
         return result
 
     def check_inputs(self) -> None:

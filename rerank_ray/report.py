@@ -21,8 +21,9 @@ SMOKE_NOTE = (
 )
 
 
-def metrics_table(metrics: dict[str, dict[str, float]]) -> str:
-    """A Markdown table: one row per stage (``retrieval``, …), one column per metric.
+def metrics_table(metrics: dict[str, dict[str, float]], significant: set | None = None) -> str:
+    """A Markdown table: one row per stage (``retrieval``, …), one column per metric, and the
+    rerank's difference, marked ``*`` for the metrics in ``significant``.
 
     Example:
         >>> print(metrics_table({"retrieval": {"recall@1": 0.5, "mrr@10": 0.75}}))
@@ -41,10 +42,56 @@ def metrics_table(metrics: dict[str, dict[str, float]]) -> str:
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
     if "retrieval" in metrics and "rerank" in metrics:
         before, after = metrics["retrieval"], metrics["rerank"]
+        marked = significant or set()
         cells = [
-            f"{after[m] - before[m]:+.4f}" if m in after and m in before else "" for m in names
+            f"{after[m] - before[m]:+.4f}" + ("*" if m in marked else "")
+            if m in after and m in before
+            else ""
+            for m in names
         ]
         lines.append("| difference | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def significant_metrics(significance: dict | None, system: str = "rerank") -> set[str]:
+    """The metrics on which ``system`` differs significantly from the baseline."""
+    comparisons = (significance or {}).get("comparisons", [])
+    return {c["metric"] for c in comparisons if c["system"] == system and c["significant"]}
+
+
+def significance_note(significance: dict | None) -> str:
+    """The line that says what ``*`` means ('' when nothing was compared)."""
+    if not (significance or {}).get("comparisons"):
+        return ""
+    return (
+        f"* the difference is significant at α = {significance['alpha']} (paired randomization"
+        f" test against {significance['baseline']}, Holm across systems; p-values and 95%"
+        " confidence intervals in significance.json)"
+    )
+
+
+def significance_table(significance: dict | None) -> str:
+    """Each comparison: mean difference, its bootstrap 95% CI and both tests' p-values.
+
+    Example:
+        >>> print(significance_table({"comparisons": [{"system": "rerank", "metric": "mrr@10",
+        ...     "queries": 3, "mean_difference": 0.25, "ci_low": 0.0, "ci_high": 0.5,
+        ...     "randomization_p": 0.5, "t_test_p": 0.42, "holm_p": 0.5, "significant": False}]}))
+        | system | metric | queries | difference | 95% CI | p (randomization) | p (t-test) | p (Holm) | significant |
+        |---|---|---:|---:|---|---:|---:|---:|---|
+        | rerank | mrr@10 | 3 | +0.2500 | [+0.0000, +0.5000] | 0.5000 | 0.4200 | 0.5000 | no |
+    """
+    lines = [
+        "| system | metric | queries | difference | 95% CI | p (randomization) | p (t-test)"
+        " | p (Holm) | significant |",
+        "|---|---|---:|---:|---|---:|---:|---:|---|",
+    ]
+    for c in (significance or {}).get("comparisons", []):
+        lines.append(
+            f"| {c['system']} | {c['metric']} | {c['queries']} | {c['mean_difference']:+.4f}"
+            f" | [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] | {c['randomization_p']:.4f}"
+            f" | {c['t_test_p']:.4f} | {c['holm_p']:.4f} | {'yes' if c['significant'] else 'no'} |"
+        )
     return "\n".join(lines)
 
 
@@ -88,14 +135,17 @@ def rerank_depth_note(rerank_depth: int, metric_names) -> str:
     )
 
 
-def render_report(metrics: dict, manifest: dict) -> str:
-    """The report's Markdown: metrics, models, data and stage timings."""
+def render_report(metrics: dict, manifest: dict, significance: dict | None = None) -> str:
+    """The report's Markdown: metrics (with the significance of the rerank's differences),
+    models, data and stage timings."""
     config = manifest.get("config", {})
     lines = ["# rerank-ray report", "", "## Metrics", ""]
     reranker = (manifest.get("models") or {}).get("reranker")
     if reranker and reranker.get("name") in SMOKE_MODELS:
         lines += [SMOKE_NOTE, ""]
-    lines += [metrics_table(metrics), ""]
+    lines += [metrics_table(metrics, significant_metrics(significance)), ""]
+    if "rerank" in metrics and significance:
+        lines += [significance_note(significance), "", significance_table(significance), ""]
     if "rerank" in metrics:
         depth = reranker["options"].get("top_k") or config.get("top_k")
         effect = manifest.get("stages", {}).get("evaluate", {}).get("rerank_effect", {})
@@ -147,9 +197,11 @@ def render_report(metrics: dict, manifest: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(path: str, metrics: dict, manifest: dict) -> None:
+def write_report(
+    path: str, metrics: dict, manifest: dict, significance: dict | None = None
+) -> None:
     """Write ``report.md`` atomically."""
-    write_text(path, render_report(metrics, manifest))
+    write_text(path, render_report(metrics, manifest, significance))
 
 
 def write_plot(

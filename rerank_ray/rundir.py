@@ -95,6 +95,8 @@ class RunDirectory:
     rerank_path = _at("rerank.parquet")
     plot_path = _at("report.png")
     metrics_path = _at("metrics.json")
+    per_query_path = _at("per_query.parquet")
+    significance_path = _at("significance.json")
     report_path = _at("report.md")
     manifest_path = _at(MANIFEST_NAME)
     lock_path = _at(LOCK_NAME)

@@ -33,7 +33,11 @@ STAGE_TABLE = {
         Stage("embed", ("prepare",), ("corpus_embeddings_dir", "query_embeddings_dir")),
         Stage("retrieve", ("embed",), ("retrieval_path",)),
         Stage("rerank", ("retrieve",), ("rerank_path",)),
-        Stage("evaluate", ("retrieve", "rerank"), ("metrics_path", "report_path", "plot_path")),
+        Stage(
+            "evaluate",
+            ("retrieve", "rerank"),
+            ("metrics_path", "per_query_path", "significance_path", "report_path", "plot_path"),
+        ),
     )
 }
 STAGES = tuple(STAGE_TABLE)

@@ -548,3 +548,52 @@ def test_role_files_publish_every_role_whole_or_nothing(tmp_path):
     failed.write([block.slice(0, 2)], SimpleNamespace(task_idx=0))
     failed.on_write_failed(RuntimeError("an actor died"))
     assert sorted(os.listdir(tmp_path)) == ["c", "e", "q"]  # no output, no temporary
+
+
+def test_per_query_values_and_significance_come_from_pytrec_evals_per_query_values(seed_run):
+    """per_query.parquet holds pytrec_eval's per-query values of both systems; significance.json
+    is the paired tests on exactly those vectors; the report and the CLI's table mark them."""
+    from rerank_ray.significance import compare_systems
+
+    out, metrics = seed_run
+    qrels: dict = {}
+    for row in pq.read_table(out / "data" / "qrels.parquet").to_pylist():
+        qrels.setdefault(row["qid"], {})[row["pid"]] = row["relevance"]
+    runs: dict = {"retrieval": {}, "rerank": {}}
+    for row in pq.read_table(out / "retrieval.parquet").to_pylist():
+        runs["retrieval"].setdefault(row["qid"], {})[row["pid"]] = 1000.0 - row["rank"]
+        if row["rank"] > 10:  # the rerank's list: its top 10, then the retrieval's order
+            runs["rerank"].setdefault(row["qid"], {})[row["pid"]] = 1000.0 - row["rank"]
+    for row in pq.read_table(out / "rerank.parquet").to_pylist():
+        runs["rerank"].setdefault(row["qid"], {})[row["pid"]] = 1000.0 - row["rank"]
+    expected: dict = {}
+    for system, run in runs.items():
+        full = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.10"}).evaluate(run)
+        top = {q: dict(sorted(d.items(), key=lambda kv: -kv[1])[:10]) for q, d in run.items()}
+        rr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top)
+        expected[system] = {
+            q: {
+                "ndcg@10": v["ndcg_cut_10"],
+                "recall@10": v["recall_10"],
+                "mrr@10": rr[q]["recip_rank"],
+            }
+            for q, v in full.items()
+        }
+    stored = pq.read_table(out / "per_query.parquet").to_pylist()
+    assert len(stored) == 2 * SEED_QUERIES * len(METRICS)
+    got = {(r["system"], r["qid"], r["metric"]): r["value"] for r in stored}
+    for system, queries in expected.items():
+        for qid, values in queries.items():
+            for metric, value in values.items():
+                assert got[(system, qid, metric)] == pytest.approx(value, abs=1e-12)
+    significance = json.loads((out / "significance.json").read_text())
+    mine = compare_systems(expected, "retrieval", ["ndcg@10", "recall@10", "mrr@10"])
+    stored_comparisons = {c["metric"]: c for c in significance["comparisons"]}
+    assert len(stored_comparisons) == len(METRICS)
+    for comparison in mine:
+        assert stored_comparisons[comparison.metric] == pytest.approx(comparison.to_dict())
+    # reranking the top 10 cannot move recall@10: no difference, nothing significant
+    assert stored_comparisons["recall@10"]["mean_difference"] == 0
+    assert not stored_comparisons["recall@10"]["significant"]
+    report = (out / "report.md").read_text()
+    assert "| rerank | mrr@10 | 30 |" in report and "paired randomization" in report
