@@ -103,7 +103,12 @@ def _print_summary(config: RunConfig, metrics: dict) -> None:
     from rerank_ray.cross_encoder import SMOKE_WARNING, is_smoke_model
     from rerank_ray.io import exists, read_json
     from rerank_ray.metrics import DEFAULT_METRICS, depth_note, within_depth
-    from rerank_ray.report import metrics_table, significance_note, significant_metrics
+    from rerank_ray.report import (
+        depth_table,
+        metrics_table,
+        significance_note,
+        significant_metrics,
+    )
     from rerank_ray.rundir import RunDirectory
 
     run = RunDirectory(config.out)
@@ -113,6 +118,10 @@ def _print_summary(config: RunConfig, metrics: dict) -> None:
     print(metrics_table(metrics, significant_metrics(significance)))
     if "rerank" in metrics and significance_note(significance):
         print(significance_note(significance))
+    sweep = run.read_manifest().get("stages", {}).get("evaluate", {}).get("depth_sweep")
+    if sweep:
+        print("\nrerank depth (the rerank's metrics had it reranked only the top d):")
+        print(depth_table(sweep))
     _, deeper = within_depth(DEFAULT_METRICS, config.top_k)
     if deeper:
         print(f"NOTE: {depth_note(deeper, config.top_k)}")

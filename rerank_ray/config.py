@@ -165,6 +165,14 @@ class RunConfig:
     def __post_init__(self):
         if self.top_k < 1:
             raise ConfigError(f"top_k must be at least 1, got {self.top_k}", RunConfig, "top_k")
+        depths = self.rerank.depths
+        if depths and self.rerank.top_k is None and depths[-1] > self.top_k:
+            raise ConfigError(
+                f"the deepest rerank depth, {depths[-1]}, is deeper than top_k ({self.top_k}"
+                " passages retrieved per query)",
+                RunConfig,
+                "top_k",
+            )
 
     @property
     def reranker(self) -> str:

@@ -79,7 +79,7 @@ class EmbedActor:
         self.role = role
         self.embedder = Embedder(model, options)
         self.counters = counters
-        self._mark = (0, 0, 0, 0)
+        self._mark = None
         announce_actor(counters, self.embedder.device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -90,20 +90,26 @@ class EmbedActor:
         parts = []
         for role, rows in by_role(batch):
             if "input_ids" in rows.column_names:  # tokenized upstream, on CPUs
+                started = time.perf_counter()
                 max_length = max_length_of(self.embedder.options, role)
                 tokens = rows.column("input_ids").to_pylist()
-                vectors = self._stored(self.embedder.encode_tokens(tokens, max_length), role)
+                encoded = self.embedder.encode_tokens(tokens, max_length)
+                vectors = self._stored(encoded, role, started)
             else:
                 vectors = self._encode(rows.column("text").to_pylist(), role)
             parts.append(rows.select(["id", "role"]).append_column("embedding", vectors))
         return pa.concat_tables(parts)
 
     def _encode(self, texts: list[str], role: str) -> pa.FixedSizeListArray:
+        started = time.perf_counter()
         if role == "queries":
-            return self._stored(self.embedder.encode_queries(texts), role)
-        return self._stored(self.embedder.encode_corpus(texts), role)
+            return self._stored(self.embedder.encode_queries(texts), role, started)
+        return self._stored(self.embedder.encode_corpus(texts), role, started)
 
-    def _stored(self, vectors: np.ndarray, role: str) -> pa.FixedSizeListArray:
+    def _stored(self, vectors: np.ndarray, role: str, started: float) -> pa.FixedSizeListArray:
+        """The vectors as stored; the role's counts since the last call, with the seconds
+        since ``started`` as busy time, go to the pool's counters."""
+        self.embedder.stats.busy_seconds += time.perf_counter() - started
         self._mark = report_counts(self.counters, self.embedder.stats, self._mark, role)
         return to_fixed_size_list(vectors, self.embedder.options.storage)
 

@@ -133,12 +133,14 @@ def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int) -> 
 
 @dataclass
 class BatchStats:
-    """Counters an actor reports: texts seen and how many were cut at the max length."""
+    """Counters an actor reports: texts seen, how many were cut at the max length, tokens, and
+    the seconds the actor spent in its calls (its busy time: the cost of the work)."""
 
     rows: int = 0
     truncated: int = 0
     tokens: int = 0
     padded_tokens: int = 0
+    busy_seconds: float = 0.0
 
 
 class Embedder:

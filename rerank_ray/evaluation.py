@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from rerank_ray.io import write_json
 from rerank_ray.metrics import DEFAULT_METRICS, evaluate, within_depth
-from rerank_ray.parquet import write_table
+from rerank_ray.parquet import read_table, write_table
 from rerank_ray.ranking import read_ranking
 from rerank_ray.report import compare_stages, write_plot
 from rerank_ray.rerank import reranked_rankings
@@ -36,11 +36,15 @@ def evaluate_run(
     top_k: int,
     out,
     note: str | None = None,
+    depths: tuple[int, ...] | None = None,
+    rerank_cost: dict | None = None,
 ) -> tuple[dict, dict]:
     """Metrics of the retrieval (and, with ``rerank_path``, the rerank) rankings.
 
     Writes the stage's outputs into ``out`` (a :class:`~rerank_ray.rundir.RunDirectory`),
-    the plot with ``note`` on it (e.g. that the reranker is a smoke model).
+    the plot with ``note`` on it (e.g. that the reranker is a smoke model). With ``depths``,
+    also the rerank's metrics had it reranked only the top ``d`` of each query
+    (:func:`depth_sweep`; ``rerank_cost``: the rerank stage's pairs and busy seconds).
 
     Returns:
         The metrics, and the stage's statistics: queries evaluated, queries without a
@@ -64,6 +68,10 @@ def evaluate_run(
         stats["not_reported"] = deeper  # deeper than the rankings
     if rerank_path:
         stats["rerank_effect"] = compare_stages(rankings["retrieval"], rankings["rerank"], qrels)
+    if rerank_path and depths:
+        stats["depth_sweep"] = depth_sweep(
+            rerank_path, rankings["retrieval"], qrels, names, depths, rerank_cost or {}
+        )
     comparisons = compare_systems(per_query, "retrieval", names)
     write_json(out.metrics_path, metrics)
     write_table(per_query_table(per_query), out.per_query_path)
@@ -77,7 +85,15 @@ def evaluate_run(
             "comparisons": [c.to_dict() for c in comparisons],
         },
     )
-    write_plot(out.plot_path, rankings, qrels, rerank_path, top_k, note=note)
+    write_plot(
+        out.plot_path,
+        rankings,
+        qrels,
+        rerank_path,
+        top_k,
+        note=note,
+        sweep=stats.get("depth_sweep"),
+    )
     return metrics, stats
 
 
@@ -103,3 +119,48 @@ def per_query_table(per_query: dict) -> pa.Table:
             "value": pa.array(columns[3], pa.float64()),
         }
     )
+
+
+def depth_sweep(
+    rerank_path: str,
+    retrieved: dict[str, list[str]],
+    qrels: dict,
+    names: list[str],
+    depths: tuple[int, ...],
+    cost: dict,
+) -> list[dict]:
+    """The rerank's metrics had it reranked only the top ``d`` retrieved passages of each
+    query, for each ``d`` in ``depths``, from the stored scores (nothing is scored again).
+
+    At depth ``d`` a query's ranking is its pairs with retrieval rank at most ``d`` in the
+    rerank's order (score descending, ties by retrieval rank), then the retrieval's order.
+    The cost per 1,000 queries is the pairs scored and, when ``cost`` has the rerank stage's
+    ``pairs`` and ``busy_seconds`` (actor-seconds), those seconds scaled by the share of pairs
+    (an estimate: every pair is taken to cost the same), in GPU-seconds too where the actors
+    had GPUs (``gpus_per_actor``).
+    """
+    table = read_table(rerank_path, columns=["qid", "pid", "rank", "retrieval_rank"])
+    order = table.sort_by([("qid", "ascending"), ("rank", "ascending")]).to_pydict()
+    queries = max(len(retrieved), 1)
+    sweep = []
+    for depth in depths:
+        heads: dict[str, list[str]] = {}
+        pairs = 0
+        for qid, pid, retrieval_rank in zip(order["qid"], order["pid"], order["retrieval_rank"]):
+            if retrieval_rank <= depth:
+                heads.setdefault(qid, []).append(pid)
+                pairs += 1
+        ranking = {}
+        for qid, retrieval in retrieved.items():
+            head = heads.get(qid, [])
+            seen = set(head)
+            ranking[qid] = head + [pid for pid in retrieval if pid not in seen]
+        row = {"depth": depth, "pairs_per_1000_queries": round(1000 * pairs / queries, 1)}
+        if cost.get("pairs") and cost.get("busy_seconds") is not None:
+            seconds = cost["busy_seconds"] * pairs / cost["pairs"] * 1000 / queries
+            row["actor_seconds_per_1000_queries"] = round(seconds, 3)
+            if cost.get("gpus_per_actor"):
+                row["gpu_seconds_per_1000_queries"] = round(seconds * cost["gpus_per_actor"], 3)
+        row["metrics"] = evaluate(ranking, qrels, names).metrics
+        sweep.append(row)
+    return sweep

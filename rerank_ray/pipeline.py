@@ -160,6 +160,8 @@ class Pipeline:
             if not config.reranks:
                 return None
             return {"reranker": self._model("reranker").fingerprint, **score_options(config.rerank)}
+        if stage == "evaluate":
+            return {"rerank_depths": config.rerank.depths}
         return None
 
     def _model(self, role: str):
@@ -381,6 +383,8 @@ class Pipeline:
                 self.config.top_k,
                 self.run,
                 note=SMOKE_WARNING if reranked and is_smoke_model(self.config.reranker) else None,
+                depths=self.config.rerank.depths,
+                rerank_cost=self._rerank_cost(),
             )
             result.update(metrics)
             return stats
@@ -389,6 +393,17 @@ class Pipeline:
         significance = read_json(self.run.significance_path)
         write_report(self.run.report_path, result, self.manifest, significance)
         return result
+
+    def _rerank_cost(self) -> dict:
+        """Pairs the rerank stage scored, its actors' busy seconds and GPUs per actor."""
+        rerank = self.manifest["stages"].get("rerank") or {}
+        resources = rerank.get("resources") or {}
+        on_gpus = resources.get("device") == "cuda"
+        return {
+            "pairs": rerank.get("rows"),
+            "busy_seconds": (rerank.get("counts") or {}).get("busy_seconds"),
+            "gpus_per_actor": resources.get("num_gpus_per_actor") if on_gpus else 0,
+        }
 
     def check_inputs(self) -> None:
         """Refuse, in one line and before Ray starts or any stage runs, what can be checked

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from rerank_ray.errors import ConfigError
 
@@ -337,19 +337,17 @@ def announce_actor(counters, device: str) -> None:
     )
 
 
-def report_counts(
-    counters, stats, before: tuple[int, int, int, int], prefix: str = ""
-) -> tuple[int, int, int, int]:
-    """Send the growth of a model's :class:`BatchStats` since ``before``; return the new mark.
+def report_counts(counters, stats, before: tuple | None, prefix: str = "") -> tuple:
+    """Send the growth of a model's :class:`~rerank_ray.embedder.BatchStats` since ``before``
+    (``None``: since the start); return the new mark.
 
     With a ``prefix`` (a role), the counts are named ``<prefix>.rows`` and so on.
     """
-    now = (stats.rows, stats.truncated, stats.tokens, stats.padded_tokens)
+    names = [f.name for f in fields(stats)]
+    now = tuple(getattr(stats, name) for name in names)
+    before = before or tuple(0 for _ in names)
     if counters is not None:
-        names = [
-            f"{prefix}.{n}" if prefix else n
-            for n in ("rows", "truncated", "tokens", "padded_tokens")
-        ]
+        names = [f"{prefix}.{name}" if prefix else name for name in names]
         import ray
 
         # Waited for (one small round trip per call), so the totals are complete when the

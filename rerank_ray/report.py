@@ -95,6 +95,37 @@ def significance_table(significance: dict | None) -> str:
     return "\n".join(lines)
 
 
+def depth_table(sweep: list[dict] | None) -> str:
+    """The depth sweep: per depth, the rerank's metrics and its cost per 1,000 queries.
+
+    Example:
+        >>> print(depth_table([{"depth": 10, "pairs_per_1000_queries": 10000.0,
+        ...     "actor_seconds_per_1000_queries": 12.5, "metrics": {"mrr@10": 0.5}}]))
+        | rerank depth | pairs / 1k queries | actor-s / 1k queries | mrr@10 |
+        |---:|---:|---:|---:|
+        | 10 | 10000 | 12.5 | 0.5000 |
+    """
+    if not sweep:
+        return ""
+    names = list(sweep[0]["metrics"])
+    costs = [("pairs_per_1000_queries", "pairs / 1k queries", "{:.0f}")]
+    for key, title in (
+        ("actor_seconds_per_1000_queries", "actor-s / 1k queries"),
+        ("gpu_seconds_per_1000_queries", "GPU-s / 1k queries"),
+    ):
+        if key in sweep[0]:
+            costs.append((key, title, "{:.1f}"))
+    lines = [
+        "| rerank depth | " + " | ".join(t for _, t, _ in costs) + " | " + " | ".join(names) + " |",
+        "|---:|" + "---:|" * (len(costs) + len(names)),
+    ]
+    for row in sweep:
+        cells = [fmt.format(row[key]) for key, _, fmt in costs]
+        cells += [f"{row['metrics'][name]:.4f}" for name in names]
+        lines.append(f"| {row['depth']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def compare_stages(before: dict, after: dict, qrels: dict) -> dict[str, int]:
     """How many judged queries the second ranking improved, hurt or left unchanged.
 
@@ -156,7 +187,20 @@ def render_report(metrics: dict, manifest: dict, significance: dict | None = Non
                 " passage)."
             )
         note = rerank_depth_note(depth, list(metrics["rerank"]))
-        lines += [note, "", "![recall@k and score distributions](report.png)", ""]
+        lines += [note, ""]
+        sweep = manifest.get("stages", {}).get("evaluate", {}).get("depth_sweep")
+        if sweep:
+            lines += [
+                "### How deep to rerank",
+                "",
+                "The rerank's metrics had it reranked only the top *d* retrieved passages of"
+                " each query, from the stored scores; actor-seconds are the rerank stage's busy"
+                " time scaled by the share of pairs (an estimate).",
+                "",
+                depth_table(sweep),
+                "",
+            ]
+        lines += ["![recall@k and score distributions](report.png)", ""]
     evaluation = manifest.get("stages", {}).get("evaluate", {})
     if evaluation.get("not_reported"):
         lines += [depth_note(evaluation["not_reported"], config.get("top_k")), ""]
@@ -211,15 +255,17 @@ def write_plot(
     rerank_path: str | None,
     top_k: int,
     note: str | None = None,
+    sweep: list[dict] | None = None,
 ) -> None:
-    """``report.png``: recall@k against k for each stage, and the reranker's scores of
-    relevant and non-relevant pairs (when there is a rerank stage); ``note`` as a title."""
+    """``report.png``: recall@k against k for each stage, the reranker's scores of relevant
+    and non-relevant pairs (when there is a rerank stage), and nDCG@10 / MRR@10 against the
+    rerank depth with its cost (with a depth ``sweep``); ``note`` as a title."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = 2 if rerank_path else 1
+    panels = 1 + bool(rerank_path) + bool(sweep)
     figure, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
     ks = list(range(1, top_k + 1))
     judged = {q: j for q, j in qrels.items() if any(r >= 1 for r in j.values())}
@@ -247,6 +293,22 @@ def write_plot(
         )
         axes[0][1].set(xlabel="reranker score (logit)", ylabel="density", title="Reranker scores")
         axes[0][1].legend()
+    if sweep:
+        axis = axes[0][panels - 1]
+        depths = [row["depth"] for row in sweep]
+        for name in ("ndcg@10", "mrr@10"):
+            if name in sweep[0]["metrics"]:
+                axis.plot(depths, [row["metrics"][name] for row in sweep], marker="o", label=name)
+        axis.set(xlabel="rerank depth", ylabel="metric", title="How deep to rerank")
+        axis.legend(loc="lower left")
+        cost_key = (
+            "actor_seconds_per_1000_queries"
+            if "actor_seconds_per_1000_queries" in sweep[0]
+            else "pairs_per_1000_queries"
+        )
+        cost = axis.twinx()
+        cost.plot(depths, [row[cost_key] for row in sweep], color="gray", linestyle="--")
+        cost.set_ylabel(cost_key.replace("_", " "))
     if note:
         figure.suptitle(note, color="darkred", fontsize=10)
     figure.tight_layout()

@@ -51,6 +51,19 @@ RERANK_SCHEMA = pa.schema(
 DEFAULT_RERANKER = "BAAI/bge-reranker-large"
 
 
+def parse_depths(text: str) -> tuple[int, ...]:
+    """``"10,20,50"`` → ``(10, 20, 50)``.
+
+    Example:
+        >>> parse_depths("20, 10,50")
+        (20, 10, 50)
+    """
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"not a comma-separated list of depths: {text!r}") from None
+
+
 @dataclass(frozen=True)
 class RerankOptions:
     """How candidates are rescored.
@@ -80,8 +93,30 @@ class RerankOptions:
         32, "--reranker-batch-size", "most pairs per forward pass", type=int, metavar="N"
     )
     max_tokens_per_batch: int = 16_384
+    depths: tuple[int, ...] | None = option(
+        None,
+        "--rerank-depths",
+        "also evaluate reranking only the top D of each query, for each D (e.g. 10,20,50), from"
+        " the stored scores: nothing is scored again",
+        type=parse_depths,
+        metavar="D,…",
+    )
 
     def __post_init__(self):
+        if self.depths is not None:
+            object.__setattr__(self, "depths", tuple(sorted(set(self.depths))))
+            if not self.depths or self.depths[0] < 1:
+                raise ConfigError(
+                    f"depths must be at least 1, got {self.depths}", RerankOptions, "depths"
+                )
+            if self.top_k is not None and self.depths[-1] > self.top_k:
+                raise ConfigError(
+                    f"depths: the deepest, {self.depths[-1]}, is deeper than top_k"
+                    f" ({self.top_k} passages reranked per query)",
+                    RerankOptions,
+                    "depths",
+                    "top_k",
+                )
         if self.top_k is not None and self.top_k < 1:
             raise ConfigError(f"top_k must be at least 1, got {self.top_k}", RerankOptions, "top_k")
         if self.max_length < 2:
@@ -130,7 +165,7 @@ class RerankActor:
         import torch
 
         self.counters = counters
-        self._mark = (0, 0, 0, 0)
+        self._mark = None
         torch.set_num_threads(threads)
         self.scorer = CrossEncoder(
             options.model,
@@ -141,8 +176,10 @@ class RerankActor:
         announce_actor(counters, self.scorer.device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        started = time.perf_counter()
         pairs = list(zip(batch.column("query").to_pylist(), batch.column("text").to_pylist()))
         scores = self.scorer.score(pairs)
+        self.scorer.stats.busy_seconds += time.perf_counter() - started
         self._mark = report_counts(self.counters, self.scorer.stats, self._mark)
         return pa.table(
             {

@@ -33,7 +33,8 @@ FLAGS = {
     "--max-tokens-per-batch": "embedding.max_tokens_per_batch",
     "--embedding-storage": "embedding.storage", "--reranker": "rerank.model",
     "--rerank-top-k": "rerank.top_k", "--reranker-max-length": "rerank.max_length",
-    "--reranker-batch-size": "rerank.batch_size", "--top-k": "top_k", "--out": "out",
+    "--reranker-batch-size": "rerank.batch_size", "--rerank-depths": "rerank.depths",
+    "--top-k": "top_k", "--out": "out",
     "--address": "compute.address", "--device": "compute.device",
     "--num-actors": "compute.num_actors", "--max-actors": "compute.max_actors",
     "--num-gpus-per-actor": "compute.num_gpus_per_actor",
@@ -58,6 +59,8 @@ def _other_value(path: str, spec):
         return value, [value]
     if spec.type is int:
         return 3, ["3"]
+    if path == "rerank.depths":
+        return (2, 5), ["5,2"]
     if spec.type is float:
         return 0.5, ["0.5"]
     return "somewhere", ["somewhere"]

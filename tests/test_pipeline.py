@@ -99,7 +99,7 @@ def seed_config(dataset: str, out: str) -> RunConfig:
         data=DataConfig(dataset=dataset, corpus_rows=SEED_PASSAGES, num_queries=SEED_QUERIES),
         embedder="minilm",
         top_k=100,
-        rerank=RerankOptions(model="minilm-smoke", top_k=10, max_length=128),
+        rerank=RerankOptions(model="minilm-smoke", top_k=10, max_length=128, depths=(1, 5, 10)),
         compute=ComputeConfig(rows_per_call=128),  # several actor calls, several output files
     )
 
@@ -597,3 +597,37 @@ def test_per_query_values_and_significance_come_from_pytrec_evals_per_query_valu
     assert not stored_comparisons["recall@10"]["significant"]
     report = (out / "report.md").read_text()
     assert "| rerank | mrr@10 | 30 |" in report and "paired randomization" in report
+
+
+def test_depth_sweep_equals_pytrec_eval_on_the_stored_scores_and_scores_nothing_again(seed_run):
+    """At depth d the rerank's list is its pairs with retrieval rank <= d ordered by their
+    stored scores, then the retrieval's order: pytrec_eval on such a run gives the sweep's
+    figures; depth 10 (the rerank's own depth) is the rerank row; the pairs are the stage's."""
+    out, metrics = seed_run
+    manifest = json.loads((out / "manifest.json").read_text())
+    sweep = manifest["stages"]["evaluate"]["depth_sweep"]
+    assert [row["depth"] for row in sweep] == [1, 5, 10]
+    qrels: dict = {}
+    for row in pq.read_table(out / "data" / "qrels.parquet").to_pylist():
+        qrels.setdefault(row["qid"], {})[row["pid"]] = row["relevance"]
+    reranked = pq.read_table(out / "rerank.parquet").to_pylist()
+    retrieval = pq.read_table(out / "retrieval.parquet").to_pylist()
+    for row in sweep:
+        depth = row["depth"]
+        run: dict = {}
+        for r in retrieval:  # below every reranked score
+            run.setdefault(r["qid"], {})[r["pid"]] = -1e6 - r["rank"]
+        head = [r for r in reranked if r["retrieval_rank"] <= depth]
+        for r in head:
+            run[r["qid"]][r["pid"]] = r["score"]
+        reference = pytrec_from_run(run, qrels)
+        for name, value in row["metrics"].items():
+            assert value == pytest.approx(reference[name], abs=1e-12), (depth, name)
+        assert row["pairs_per_1000_queries"] == pytest.approx(1000 * len(head) / SEED_QUERIES)
+        busy = manifest["stages"]["rerank"]["counts"]["busy_seconds"]
+        expected = busy * len(head) / len(reranked) * 1000 / SEED_QUERIES
+        assert row["actor_seconds_per_1000_queries"] == pytest.approx(expected, abs=1e-3)
+    assert sweep[-1]["metrics"] == pytest.approx(metrics["rerank"])
+    # every pair was scored once, by the rerank stage; the sweep only reordered stored scores
+    assert manifest["stages"]["rerank"]["counts"]["rows"] == len(reranked) == 10 * SEED_QUERIES
+    assert "How deep to rerank" in (out / "report.md").read_text()
