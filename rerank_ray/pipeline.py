@@ -166,14 +166,14 @@ class Pipeline:
 
     def _model(self, role: str):
         """The embedder or reranker resolved to a local directory and fingerprint (once)."""
-        from rerank_ray.cross_encoder import RERANKER_ALIASES
+        from rerank_ray.bi_encoder import resolve_reranker
         from rerank_ray.models import resolve_model
 
         if role not in self._models:
             if role == "embedder":
                 self._models[role] = resolve_model(self.config.embedder)
             else:
-                self._models[role] = resolve_model(self.config.reranker, RERANKER_ALIASES)
+                self._models[role] = resolve_reranker(self.config.reranker)
         return self._models[role]
 
     def _embedding_options(self):

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from rerank_ray.bi_encoder import BiEncoderScorer, is_bi_encoder
 from rerank_ray.cross_encoder import CrossEncoder, sigmoid
 from rerank_ray.errors import ConfigError
 from rerank_ray.io import atomic_path, discard, temporary_sibling
@@ -79,7 +80,8 @@ class RerankOptions:
     model: str = option(
         DEFAULT_RERANKER,
         "--reranker",
-        "cross-encoder: Hub name, local directory, 'minilm-smoke' (tests only) or none",
+        "cross-encoder (Hub name, local directory, 'minilm-smoke' for tests), bi:EMBEDDER to"
+        " rescore by an embedding model's inner products, or none",
         metavar="MODEL",
         path=True,
     )
@@ -159,7 +161,8 @@ def pairs_of_block(block: pa.Table, candidates: list) -> pa.Table:
 
 
 class RerankActor:
-    """The callable class Ray Data runs in each actor: one cross-encoder, many batches."""
+    """The callable class Ray Data runs in each actor: one pair scorer (a cross-encoder, or an
+    embedding model for ``bi:`` rerankers), many batches."""
 
     def __init__(self, options: RerankOptions, threads: int = 1, counters=None):
         import torch
@@ -167,12 +170,19 @@ class RerankActor:
         self.counters = counters
         self._mark = None
         torch.set_num_threads(threads)
-        self.scorer = CrossEncoder(
-            options.model,
-            batch_size=options.batch_size,
-            max_length=options.max_length,
-            max_tokens_per_batch=options.max_tokens_per_batch,
-        )
+        if is_bi_encoder(options.model):  # the embedder's own max lengths, not a pair's
+            self.scorer = BiEncoderScorer(
+                options.model,
+                batch_size=options.batch_size,
+                max_tokens_per_batch=options.max_tokens_per_batch,
+            )
+        else:
+            self.scorer = CrossEncoder(
+                options.model,
+                batch_size=options.batch_size,
+                max_length=options.max_length,
+                max_tokens_per_batch=options.max_tokens_per_batch,
+            )
         announce_actor(counters, self.scorer.device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
