@@ -1,0 +1,139 @@
+"""BM25 first stage (``--retriever bm25``) through the ``bm25s`` library, and reciprocal-rank
+fusion with the dense ranking (``--retriever hybrid``).
+
+Tokenization is bm25s's: lower-cased words of two or more word characters, English stopwords
+removed, English Snowball stemming (PyStemmer), the same for passages and queries. Scoring is
+bm25s's Lucene variant, ``idf(t) = ln(1 + (N - df + 0.5) / (df + 0.5))`` and
+``tf / (tf + k1 (1 - b + b |d| / avgdl))`` (Lucene drops the ``k1 + 1`` factor), with k1 = 0.9 and b = 0.4 by default
+(Anserini's and Pyserini's defaults for MS MARCO passages). Each query's top ``k`` is the one
+bm25s selects, ordered by score, ties by pid.
+
+The index is not streamed: the corpus's texts, its tokens and the sparse score matrix are held
+by the one Ray task that builds it (:func:`bm25_retrieval`), never by the driver.
+
+Example::
+
+    table = bm25_search("RUN/data/corpus.parquet", "RUN/data/queries.parquet", k=100,
+                        options=BM25Options())
+    table.column_names
+    # ['qid', 'pid', 'rank', 'score']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from rerank_ray.errors import ConfigError
+from rerank_ray.options import option
+from rerank_ray.parquet import read_table
+from rerank_ray.ranking import RETRIEVAL_SCHEMA
+
+#: What the retrieve stage can be.
+RETRIEVERS = ("dense", "bm25", "hybrid")
+
+
+@dataclass(frozen=True)
+class BM25Options:
+    """BM25's parameters, and the fusion's for the hybrid retriever.
+
+    Args:
+        k1: Term-frequency saturation.
+        b: Length normalization.
+        rrf_k: Reciprocal-rank fusion's constant: a passage scores ``Σ 1 / (rrf_k + rank)``
+            over the rankings that hold it.
+    """
+
+    k1: float = option(0.9, "--bm25-k1", "BM25 term-frequency saturation", type=float, metavar="K1")
+    b: float = option(0.4, "--bm25-b", "BM25 length normalization", type=float, metavar="B")
+    rrf_k: int = option(
+        60, "--rrf-k", "hybrid: reciprocal-rank fusion's constant", type=int, metavar="K"
+    )
+
+    def __post_init__(self):
+        if self.k1 < 0:
+            raise ConfigError(f"k1 must be at least 0, got {self.k1}", BM25Options, "k1")
+        if not 0 <= self.b <= 1:
+            raise ConfigError(f"b must be between 0 and 1, got {self.b}", BM25Options, "b")
+        if self.rrf_k < 1:
+            raise ConfigError(f"rrf_k must be at least 1, got {self.rrf_k}", BM25Options, "rrf_k")
+
+
+def tokenize(texts: list[str]):
+    """bm25s's tokenization with English stopwords and the English Snowball stemmer."""
+    import bm25s
+    import Stemmer
+
+    return bm25s.tokenize(
+        texts, stopwords="en", stemmer=Stemmer.Stemmer("english"), show_progress=False
+    )
+
+
+def bm25_search(corpus_path: str, queries_path: str, k: int, options: BM25Options) -> pa.Table:
+    """Each query's top ``k`` passages by BM25 as ``qid, pid, rank, score``."""
+    import bm25s
+
+    corpus = read_table(corpus_path, columns=["pid", "text"])
+    queries = read_table(queries_path, columns=["qid", "text"])
+    pids = np.asarray(corpus.column("pid").to_pylist(), dtype=object)
+    retriever = bm25s.BM25(k1=options.k1, b=options.b, method="lucene")
+    retriever.index(tokenize(corpus.column("text").to_pylist()), show_progress=False)
+    del corpus
+    depth = min(k, len(pids))
+    query_tokens = tokenize(queries.column("text").to_pylist())
+    documents, scores = retriever.retrieve(query_tokens, k=depth, show_progress=False)
+    qids, found, ranks, values = [], [], [], []
+    for qid, rows, row_scores in zip(queries.column("qid").to_pylist(), documents, scores):
+        order = sorted(range(depth), key=lambda i: (-float(row_scores[i]), pids[rows[i]]))
+        qids += [qid] * depth
+        found += [pids[rows[i]] for i in order]
+        ranks += list(range(1, depth + 1))
+        values += [float(row_scores[i]) for i in order]
+    return pa.table(
+        [
+            pa.array(qids, pa.string()),
+            pa.array(found, pa.string()),
+            pa.array(ranks, pa.int32()),
+            pa.array(values, pa.float32()),
+        ],
+        schema=RETRIEVAL_SCHEMA,
+    )
+
+
+def reciprocal_rank_fusion(rankings: list[pa.Table], k: int, rrf_k: int) -> pa.Table:
+    """Fuse ``qid, pid, rank, score`` rankings: a passage's score is ``Σ 1 / (rrf_k + rank)``
+    over the rankings that hold it; each query's top ``k``, ties by pid.
+
+    Example:
+        >>> a = pa.table({"qid": ["q", "q"], "pid": ["x", "y"], "rank": [1, 2], "score": [9.0, 8.0]})
+        >>> b = pa.table({"qid": ["q", "q"], "pid": ["y", "z"], "rank": [1, 2], "score": [5.0, 4.0]})
+        >>> reciprocal_rank_fusion([a, b], k=2, rrf_k=60).column("pid").to_pylist()
+        ['y', 'x']
+    """
+    fused: dict[str, dict[str, float]] = {}
+    for table in rankings:
+        for qid, pid, rank in zip(
+            table.column("qid").to_pylist(),
+            table.column("pid").to_pylist(),
+            table.column("rank").to_pylist(),
+        ):
+            scores = fused.setdefault(qid, {})
+            scores[pid] = scores.get(pid, 0.0) + 1.0 / (rrf_k + rank)
+    qids, pids, ranks, values = [], [], [], []
+    for qid in sorted(fused):
+        top = sorted(fused[qid].items(), key=lambda item: (-item[1], item[0]))[:k]
+        qids += [qid] * len(top)
+        pids += [pid for pid, _ in top]
+        ranks += list(range(1, len(top) + 1))
+        values += [score for _, score in top]
+    return pa.table(
+        [
+            pa.array(qids, pa.string()),
+            pa.array(pids, pa.string()),
+            pa.array(ranks, pa.int32()),
+            pa.array(values, pa.float32()),
+        ],
+        schema=RETRIEVAL_SCHEMA,
+    )

@@ -1,0 +1,104 @@
+"""BM25 against its formula computed here, and against a direct bm25s script on the seed
+protocol's passages; reciprocal-rank fusion against its definition."""
+
+from __future__ import annotations
+
+import math
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rerank_ray.bm25 import BM25Options, bm25_search, reciprocal_rank_fusion, tokenize
+
+
+def _write(path, ids_name, rows):
+    pq.write_table(pa.table({ids_name: [r[0] for r in rows], "text": [r[1] for r in rows]}), path)
+    return str(path)
+
+
+def _terms(text: str) -> list[str]:
+    tokenized = tokenize([text])
+    words = {index: word for word, index in tokenized.vocab.items()}
+    return [words[i] for i in tokenized.ids[0]]
+
+
+def test_scores_follow_lucenes_bm25_formula(tmp_path):
+    passages = [
+        ("p1", "The giant panda is a bear native to south central China."),
+        ("p2", "Pandas eat bamboo; a panda eats for twelve hours a day."),
+        ("p3", "Red pandas are not bears."),
+        ("p4", "Python's pandas library reads tables."),
+    ]
+    queries = [("q1", "what does a giant panda eat"), ("q2", "bear")]
+    corpus = _write(tmp_path / "c.parquet", "pid", passages)
+    query_table = _write(tmp_path / "q.parquet", "qid", queries)
+    k1, b = 1.2, 0.6
+    got = bm25_search(corpus, query_table, k=4, options=BM25Options(k1=k1, b=b)).to_pylist()
+    documents = {pid: _terms(text) for pid, text in passages}
+    n = len(documents)
+    average = sum(len(t) for t in documents.values()) / n
+    for qid, text in queries:
+        expected = {}
+        for pid, terms in documents.items():
+            score = 0.0
+            for term in set(_terms(text)):
+                df = sum(term in t for t in documents.values())
+                tf = terms.count(term)
+                if tf:
+                    idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
+                    # Lucene's variant: no (k1 + 1) factor, which orders the same
+                    score += idf * tf / (tf + k1 * (1 - b + b * len(terms) / average))
+            expected[pid] = score
+        rows = [r for r in got if r["qid"] == qid]
+        assert [r["rank"] for r in rows] == [1, 2, 3, 4]
+        ordered = sorted(expected, key=lambda pid: (-expected[pid], pid))
+        assert [r["pid"] for r in rows] == ordered
+        for row in rows:
+            assert row["score"] == pytest.approx(expected[row["pid"]], rel=1e-5, abs=1e-6)
+
+
+def test_the_seed_passages_rank_as_a_direct_bm25s_script_ranks_them(msmarco, tmp_path):
+    import json
+
+    import bm25s
+    import Stemmer
+
+    with open(msmarco / "dev.jsonl") as lines:
+        rows = [json.loads(line) for _, line in zip(range(300), lines)]
+    passages = list(dict.fromkeys(p for row in rows for p in row["positive"]))
+    corpus = _write(tmp_path / "c.parquet", "pid", [(f"p{i}", t) for i, t in enumerate(passages)])
+    queries = _write(
+        tmp_path / "q.parquet", "qid", [(f"q{i}", r["query"]) for i, r in enumerate(rows[:40])]
+    )
+    got = bm25_search(corpus, queries, k=10, options=BM25Options()).to_pylist()
+
+    stemmer = Stemmer.Stemmer("english")
+    retriever = bm25s.BM25(k1=0.9, b=0.4)
+    retriever.index(bm25s.tokenize(passages, stopwords="en", stemmer=stemmer))
+    found, scores = retriever.retrieve(
+        bm25s.tokenize([r["query"] for r in rows[:40]], stopwords="en", stemmer=stemmer), k=10
+    )
+    for q in range(40):
+        mine = [r for r in got if r["qid"] == f"q{q}"]
+        assert {r["pid"] for r in mine} == {f"p{i}" for i in found[q]}
+        assert sorted(r["score"] for r in mine) == pytest.approx(sorted(scores[q]), rel=1e-6)
+    hits = sum(
+        r["rank"] == 1 and r["pid"] == f"p{passages.index(rows[int(r['qid'][1:])]['positive'][0])}"
+        for r in got
+    )
+    assert hits >= 20  # BM25 finds most of these queries' own positive first
+
+
+def test_reciprocal_rank_fusion_is_the_sum_of_reciprocal_ranks():
+    dense = pa.table(
+        {"qid": ["q"] * 3, "pid": ["a", "b", "c"], "rank": [1, 2, 3], "score": [0.9, 0.8, 0.7]}
+    )
+    sparse = pa.table(
+        {"qid": ["q"] * 3, "pid": ["c", "d", "a"], "rank": [1, 2, 3], "score": [9.0, 8.0, 7.0]}
+    )
+    fused = reciprocal_rank_fusion([dense, sparse], k=3, rrf_k=60).to_pylist()
+    expected = {"a": 1 / 61 + 1 / 63, "b": 1 / 62, "c": 1 / 63 + 1 / 61, "d": 1 / 62}
+    top = sorted(expected, key=lambda p: (-expected[p], p))[:3]
+    assert [r["pid"] for r in fused] == top == ["a", "c", "b"]
+    assert [r["score"] for r in fused] == pytest.approx([expected[p] for p in top], rel=1e-6)
