@@ -3,9 +3,11 @@
 The same scoring as the pipeline's rerank stage (:class:`rerank_ray.cross_encoder.CrossEncoder`,
 equal to ``FlagReranker.compute_score``), with the conventions RAG code expects: results
 carry the raw ``score`` (logit) and ``relevance_score`` (its sigmoid, as
-sentence-transformers' ``CrossEncoder.predict`` and Langchain-Chatchat report it), and
-documents with a ``page_content`` attribute (LangChain's ``Document``) get
-``metadata["relevance_score"]`` set, as Chatchat's reranker does.
+sentence-transformers' ``CrossEncoder.predict`` and Langchain-Chatchat report it). Documents
+may be strings or objects with a ``page_content`` attribute (LangChain's ``Document``); they
+are returned as given, never changed. The framework adapters build on this class:
+:mod:`rerank_ray.langchain` (a document compressor whose copies carry
+``metadata["relevance_score"]``) and :mod:`rerank_ray.llamaindex` (a node postprocessor).
 
 Example::
 
@@ -99,8 +101,8 @@ class Reranker:
             top_n: Keep only the best ``top_n``; ``None`` (or more than given) keeps all.
 
         Returns:
-            Results sorted by score, descending; equal scores keep their input order.
-            Documents with a ``metadata`` dict get ``metadata["relevance_score"]``.
+            Results sorted by score, descending; equal scores keep their input order. The
+            documents are not changed: each result holds its input object as given.
         """
         if top_n is not None and top_n < 0:
             raise ValueError(f"top_n must be >= 0, got {top_n}")
@@ -113,9 +115,5 @@ class Reranker:
         results = []
         for index in order[:top_n] if top_n is not None else order:
             relevance = float(sigmoid(scores[index]))
-            document = documents[index]
-            metadata = getattr(document, "metadata", None)
-            if isinstance(metadata, dict):
-                metadata["relevance_score"] = relevance
-            results.append(RerankResult(index, document, float(scores[index]), relevance))
+            results.append(RerankResult(index, documents[index], float(scores[index]), relevance))
         return results
