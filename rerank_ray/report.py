@@ -9,7 +9,6 @@ from rerank_ray.metrics import (
     DEFAULT_METRICS,
     depth_note,
     parse_metric,
-    recall_at_k,
     reciprocal_rank_at_k,
 )
 from rerank_ray.parquet import read_table
@@ -248,6 +247,29 @@ def write_report(
     write_text(path, render_report(metrics, manifest, significance))
 
 
+def recall_curve(ranking: dict, qrels: dict, depth: int) -> list[float]:
+    """Mean recall@k for k = 1..``depth`` over the judged queries, in one pass over the rankings
+    (each relevant passage found at rank r adds 1/|relevant| to every k >= r).
+
+    Example:
+        >>> recall_curve({"q": ["a", "x", "b"]}, {"q": {"a": 1, "b": 1}}, 3)
+        [0.5, 0.5, 1.0]
+    """
+    import numpy as np
+
+    found = np.zeros(depth + 1)
+    judged = 0
+    for qid, judgements in qrels.items():
+        relevant = {pid for pid, grade in judgements.items() if grade >= 1}
+        if not relevant:
+            continue
+        judged += 1
+        for rank, pid in enumerate(ranking.get(qid, [])[:depth], start=1):
+            if pid in relevant:
+                found[rank] += 1 / len(relevant)
+    return (np.cumsum(found)[1:] / max(judged, 1)).tolist()
+
+
 def write_plot(
     path: str,
     rankings: dict,
@@ -268,14 +290,8 @@ def write_plot(
     panels = 1 + bool(rerank_path) + bool(sweep)
     figure, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
     ks = list(range(1, top_k + 1))
-    judged = {q: j for q, j in qrels.items() if any(r >= 1 for r in j.values())}
     for stage, ranking in rankings.items():
-        curve = [
-            sum(recall_at_k(ranking.get(q, []), j, k) for q, j in judged.items())
-            / max(len(judged), 1)
-            for k in ks
-        ]
-        axes[0][0].plot(ks, curve, label=stage)
+        axes[0][0].plot(ks, recall_curve(ranking, qrels, top_k), label=stage)
     axes[0][0].set(xscale="log", xlabel="k", ylabel="recall@k", title="Recall by depth")
     axes[0][0].grid(True, alpha=0.3)
     axes[0][0].legend()

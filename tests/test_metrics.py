@@ -160,3 +160,22 @@ def test_graded_qrels_with_unjudged_unranked_and_irrelevant_queries_agree_with_p
             assert result.metrics[name] == pytest.approx(value, abs=1e-12), (name, seed)
         assert result.evaluated_queries == len(relevant)
         assert set(result.per_query) == relevant
+
+
+def test_the_plots_recall_curve_is_recall_at_every_k():
+    """report.png's curve, computed in one pass, against recall@k evaluated at each k."""
+    import random
+
+    from rerank_ray.metrics import evaluate
+    from rerank_ray.report import recall_curve
+
+    rng = random.Random(5)
+    pids = [f"p{i}" for i in range(40)]
+    qrels = {f"q{i}": {p: rng.choice([0, 1, 2]) for p in rng.sample(pids, 5)} for i in range(30)}
+    qrels["q_none"] = {"p1": 0}  # no relevant passage: not averaged
+    rankings = {q: rng.sample(pids, 25) for q in list(qrels)[:-3]}  # some queries unranked
+    curve = recall_curve(rankings, qrels, 25)
+    for k in (1, 2, 7, 25):
+        assert curve[k - 1] == pytest.approx(
+            evaluate(rankings, qrels, [f"recall@{k}"]).metrics[f"recall@{k}"]
+        )
