@@ -7,6 +7,8 @@ Subcommands:
     rerank    rescore the run's retrieved passages with a cross-encoder, then evaluate
     evaluate  metrics.json, report.md and report.png from the run's rankings
     submit    any of the above as a Ray job on a cluster: rerank-ray submit --address URL -- run …
+    export    a run's rankings as TREC run files: rerank-ray export RUN --format trec [--out DIR]
+    cleanup   stop the Ray processes that killed local runs left running
 
 A stage run on an existing run directory takes the config recorded in its manifest;
 options given on the command line override it.
@@ -75,6 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submit.add_argument("--no-wait", dest="wait", action="store_false", help="submit and return")
     submit.add_argument("job", nargs=argparse.REMAINDER, help="-- COMMAND [options]")
+    export = commands.add_parser(
+        "export",
+        help="write a run's rankings as TREC run files",
+        description="Write each ranked system of a run as a TREC run (qid Q0 pid rank score"
+        " tag): retrieval.trec and, when the run reranked, rerank.trec. Ranks from 1; the score"
+        " restates the rank, so trec_eval reads back the rankings metrics.json evaluated.",
+    )
+    export.add_argument("run", metavar="RUN", help="the run directory")
+    export.add_argument(
+        "--format", choices=("trec",), default="trec", help="file format (default: trec)"
+    )
+    export.add_argument("--out", metavar="DIR", help="where to write (default: the run directory)")
     commands.add_parser(
         "cleanup",
         help="stop Ray processes left by local runs whose process was killed",
@@ -99,7 +113,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return base.updated(overrides)
 
 
-def _print_summary(config: RunConfig, metrics: dict) -> None:
+def _print_summary(config: RunConfig, metrics: dict, depth: int) -> None:
     from rerank_ray.cross_encoder import SMOKE_WARNING, is_smoke_model
     from rerank_ray.io import exists, read_json
     from rerank_ray.metrics import DEFAULT_METRICS, depth_note, within_depth
@@ -114,7 +128,11 @@ def _print_summary(config: RunConfig, metrics: dict) -> None:
     run = RunDirectory(config.out)
     significance = read_json(run.significance_path) if exists(run.significance_path) else None
     print()
-    print(f"embedder: {config.embedder}   reranker: {config.reranker}   top-k: {config.top_k}")
+    if config.candidates:
+        retrieval = f"candidates: {config.candidates}"
+    else:
+        retrieval = f"embedder: {config.embedder}"
+    print(f"{retrieval}   reranker: {config.reranker}   top-k: {config.top_k}")
     print(metrics_table(metrics, significant_metrics(significance)))
     if "rerank" in metrics and significance_note(significance):
         print(significance_note(significance))
@@ -122,9 +140,9 @@ def _print_summary(config: RunConfig, metrics: dict) -> None:
     if sweep:
         print("\nrerank depth (the rerank's metrics had it reranked only the top d):")
         print(depth_table(sweep))
-    _, deeper = within_depth(DEFAULT_METRICS, config.top_k)
+    _, deeper = within_depth(DEFAULT_METRICS, depth)
     if deeper:
-        print(f"NOTE: {depth_note(deeper, config.top_k)}")
+        print(f"NOTE: {depth_note(deeper, depth)}")
     if config.reranks and is_smoke_model(config.reranker):
         print(f"NOTE: {SMOKE_WARNING}; the rerank row shows the machinery, not a result.")
     print(f"report: {run.report_path}")
@@ -148,6 +166,14 @@ def _cleanup() -> int:
     for entry in stopped:
         print(f"stopped pid {entry['pid']} ({entry['name']}) of {entry['session_dir']}")
     print(f"cleanup: stopped {len(stopped)} process(es) left by killed local runs")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from rerank_ray.export import export_run
+
+    for system, path in export_run(args.run, args.out, args.format).items():
+        print(f"{system}: {path}")
     return 0
 
 
@@ -175,6 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _submit(args)
         if args.command == "cleanup":
             return _cleanup()
+        if args.command == "export":
+            return _export(args)
         config = config_from_args(args)
         from rerank_ray.pipeline import Pipeline
 
@@ -188,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     if stage == "evaluate":
                         metrics = result
         if metrics is not None:
-            _print_summary(config, metrics)
+            _print_summary(config, metrics, pipeline.retrieval_depth())
         else:
             print(f"{args.command}: done; run directory {pipeline.run.root}")
     except Exception as error:

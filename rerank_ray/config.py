@@ -108,6 +108,8 @@ class RunConfig:
         embedding: Embedding options.
         rerank: The cross-encoder (``rerank.model``; ``none`` skips the stage) and its limits.
         top_k: Passages retrieved per query.
+        candidates: A ranking made elsewhere (a TREC run, or Parquet ``qid, pid, score``) to
+            rerank instead of embedding and retrieving: see :mod:`rerank_ray.candidates`.
         compute: Ray cluster and actor pool sizes.
         corpus_embeddings: Precomputed corpus vectors (Parquet ``pid, embedding``) to use
             instead of embedding the corpus.
@@ -132,6 +134,14 @@ class RunConfig:
     rerank: RerankOptions = field(default_factory=RerankOptions)
     top_k: int = option(
         DEFAULT_TOP_K, "--top-k", "passages retrieved per query", type=int, metavar="K"
+    )
+    candidates: str | None = option(
+        None,
+        "--candidates",
+        "a ranking to rerank instead of embedding and retrieving: a TREC run (qid Q0 pid rank"
+        " score tag) or Parquet (qid, pid, score), cut to --top-k per query",
+        metavar="FILE",
+        path=True,
     )
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     corpus_embeddings: str | None = option(
@@ -173,6 +183,14 @@ class RunConfig:
                 RunConfig,
                 "top_k",
             )
+        for supplied in ("corpus_embeddings", "query_embeddings"):
+            if self.candidates is not None and getattr(self, supplied) is not None:
+                raise ConfigError(
+                    f"candidates replace embedding and retrieval; {supplied} would not be used",
+                    RunConfig,
+                    "candidates",
+                    supplied,
+                )
 
     @property
     def reranker(self) -> str:

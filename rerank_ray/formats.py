@@ -70,7 +70,7 @@ def is_local_source(source: str) -> bool:
 BOM = "\ufeff"
 
 
-def _decode(raw: bytes, path: str, line_number: int) -> str:
+def decode_line(raw: bytes, path: str, line_number: int) -> str:
     """Line ``line_number`` of ``path`` as text, without a byte-order mark at the file's start.
 
     Raises:
@@ -117,7 +117,7 @@ def iter_records(source: str, split: str = "train") -> Iterator[tuple[str, dict]
     seen = 0
     with open_binary(source) as handle:
         for line_number, raw in enumerate(handle, start=1):
-            line = _decode(raw, source, line_number).strip()
+            line = decode_line(raw, source, line_number).strip()
             if not line:
                 continue
             try:
@@ -167,7 +167,7 @@ def iter_tsv(path: str, columns: tuple[str, str]) -> Iterator[tuple[int, str, st
     check_file(path)
     with open_binary(path) as handle:
         for line_number, raw in enumerate(handle, start=1):
-            line = _decode(raw, path, line_number).rstrip("\r\n")
+            line = decode_line(raw, path, line_number).rstrip("\r\n")
             if not line:
                 continue
             fields = line.split("\t")
@@ -191,7 +191,7 @@ def iter_trec_qrels(path: str) -> Iterator[tuple[int, str, str, int]]:
     check_file(path)
     with open_binary(path) as handle:
         for line_number, raw in enumerate(handle, start=1):
-            line = _decode(raw, path, line_number).strip()
+            line = decode_line(raw, path, line_number).strip()
             if not line:
                 continue
             fields = line.split()

@@ -4,11 +4,11 @@ A run directory is the contract between stages: each reads only what earlier sta
 there (the layout: README's "The run directory"; the table of reads and writes:
 :data:`rerank_ray.stages.STAGE_TABLE`) and publishes its own output atomically, so any stage
 can be re-run alone. Each stage's work lives in its module (:mod:`rerank_ray.datasets`,
-:mod:`rerank_ray.embed`, :mod:`rerank_ray.search`, :mod:`rerank_ray.rerank`,
-:mod:`rerank_ray.evaluation`); this one decides what runs, records it in the manifest, and
-keys every output by what it was computed from. A :class:`Pipeline` owns its run directory
-while it exists (one writer, never a folder that is not a run directory): see
-:mod:`rerank_ray.rundir`.
+:mod:`rerank_ray.embed`, :mod:`rerank_ray.search` or :mod:`rerank_ray.candidates`,
+:mod:`rerank_ray.rerank`, :mod:`rerank_ray.evaluation`); this one decides what runs, records
+it in the manifest, and keys every output by what it was computed from. A :class:`Pipeline`
+owns its run directory while it exists (one writer, never a folder that is not a run
+directory): see :mod:`rerank_ray.rundir`.
 
 Example::
 
@@ -31,6 +31,7 @@ from importlib import metadata
 from rerank_ray.config import RunConfig
 from rerank_ray.datasets import PreparedData, prepare_data
 from rerank_ray.errors import ConfigError
+from rerank_ray.export import exported_paths
 from rerank_ray.formats import is_local_source
 from rerank_ray.io import content_fingerprint, discard, exists, read_json
 from rerank_ray.keys import digest, score_options, vector_options
@@ -89,6 +90,7 @@ class Pipeline:
         self.manifest["versions"] = library_versions()
         self._models: dict = {}
         self._supplied_checked = False
+        self._candidates = None  # read and checked once: :meth:`check_inputs` or the stage
 
     def close(self) -> None:
         """Release the run directory (idempotent); the pipeline writes nothing afterwards."""
@@ -123,7 +125,7 @@ class Pipeline:
         if not self._lock.held:
             raise RuntimeError(f"{self.run.root}: the pipeline is closed; it removes nothing")
         for later in STAGES[STAGES.index(stage) + 1 :]:
-            for path in self._outputs(later):
+            for path in self._outputs(later) + exported_paths(self.run.root, later):
                 discard(path)
             self.manifest["stages"].pop(later, None)
 
@@ -141,6 +143,8 @@ class Pipeline:
         if stage == "prepare":
             return {"data": asdict(config.data), "sources": self._source_hashes()}
         if stage == "embed":
+            if config.candidates:
+                return "no embeddings: the candidates are the retrieval"
             options = self._embedding_options()
             supplied = {
                 role: self._content_hash(path) if path else None
@@ -155,6 +159,8 @@ class Pipeline:
                 "supplied": supplied,
             }
         if stage == "retrieve":
+            if config.candidates:
+                return {"top_k": config.top_k, "candidates": self._content_hash(config.candidates)}
             return {"top_k": config.top_k}
         if stage == "rerank":
             if not config.reranks:
@@ -206,7 +212,10 @@ class Pipeline:
         return recorded.get("key") == self.stage_key(stage) and all(exists(p) for p in outputs)
 
     def upstream(self, stage: str) -> tuple[str, ...]:
-        """The stages whose outputs ``stage`` reads (not ``rerank``'s without a reranker)."""
+        """The stages whose outputs ``stage`` reads (not ``rerank``'s without a reranker;
+        the prepared data, not embeddings, for ``retrieve`` from candidates)."""
+        if stage == "retrieve" and self.config.candidates:
+            return ("prepare",)
         reads = STAGE_TABLE[stage].reads
         return reads if self.config.reranks else tuple(s for s in reads if s != "rerank")
 
@@ -226,6 +235,8 @@ class Pipeline:
         self.require_upstream(stage)
         log.info("stage %s: started", stage)
         self._invalidate_after(stage)
+        for path in exported_paths(self.run.root, stage):
+            discard(path)  # exported from the output this stage replaces
         # The manifest is the commit point: until this stage records itself again, it and
         # those after it are not done (an object store publishes a directory in several steps).
         self.manifest["stages"].pop(stage, None)
@@ -279,6 +290,10 @@ class Pipeline:
         from rerank_ray.embed import Role, embed_or_reuse
         from rerank_ray.models import default_cache_dir
 
+        if self.config.candidates:
+            self._drop_embeddings()
+            log.info("stage embed: skipped (the candidates are the retrieval)")
+            return
         prepared = self._prepared()
         embedder = self._model("embedder")
         self.check_supplied()
@@ -309,9 +324,12 @@ class Pipeline:
         self._timed("embed", work)
 
     def retrieve(self) -> None:
-        """Exact top-k of every query over the corpus embeddings."""
+        """Exact top-k of every query over the corpus embeddings, or the candidates ranked."""
         from rerank_ray.search import exact_search
 
+        if self.config.candidates:
+            self._retrieve_candidates()
+            return
         self.run.require(self.run.corpus_embeddings_dir, "embed")
         self.run.require(self.run.query_embeddings_dir, "embed")
         connect_ray(self.config.compute.address)
@@ -327,6 +345,35 @@ class Pipeline:
             return {**stats.to_dict(), "top_k": self.config.top_k}
 
         self._timed("retrieve", work)
+
+    def _retrieve_candidates(self) -> None:
+        """The candidates, checked against the prepared tables before anything is removed,
+        ranked as trec_eval ranks them (:mod:`rerank_ray.candidates`)."""
+        from rerank_ray.candidates import check_known_ids, write_retrieval
+
+        self.require_upstream("retrieve")
+        prepared, candidates = self._prepared(), self.check_candidates()
+        self._candidates = None  # held by this stage only
+        check_known_ids(candidates, prepared, self.config.data)
+        self._drop_embeddings()
+        sha256 = self._content_hash(candidates.path)
+        out, top_k = self.run.retrieval_path, self.config.top_k
+        self._timed("retrieve", lambda: write_retrieval(candidates, prepared, out, top_k, sha256))
+
+    def _drop_embeddings(self) -> None:
+        """A run ranked from candidates holds no embeddings: those there were computed for
+        another configuration."""
+        for path in self._outputs("embed"):
+            discard(path)
+        self.manifest["stages"].pop("embed", None)
+        self.manifest["models"]["embedder"] = None
+        self.run.write_manifest(self.manifest)
+
+    def retrieval_depth(self) -> int:
+        """The most passages retrieved for a query: ``top_k``, or fewer when candidates
+        ranked fewer."""
+        recorded = self.manifest["stages"].get("retrieve", {}).get("depth")
+        return min(self.config.top_k, recorded or self.config.top_k)
 
     def rerank(self) -> None:
         """Rescore the top retrieved passages with the cross-encoder (skipped for ``none``)."""
@@ -380,14 +427,14 @@ class Pipeline:
                 self.run.retrieval_path,
                 self.run.rerank_path if reranked else None,
                 prepared.qrels_path,
-                self.config.top_k,
+                self.retrieval_depth(),
                 self.run,
                 note=SMOKE_WARNING if reranked and is_smoke_model(self.config.reranker) else None,
                 depths=self.config.rerank.depths,
                 rerank_cost=self._rerank_cost(),
             )
             result.update(metrics)
-            return stats
+            return {**stats, "depth": self.retrieval_depth()}
 
         self._timed("evaluate", work)
         significance = read_json(self.run.significance_path)
@@ -408,12 +455,25 @@ class Pipeline:
     def check_inputs(self) -> None:
         """Refuse, in one line and before Ray starts or any stage runs, what can be checked
         without them: the sources, the models (resolved: names, folders with weights, config
-        and tokenizer) and supplied vectors (:meth:`check_supplied`)."""
+        and tokenizer), supplied vectors (:meth:`check_supplied`) and candidates
+        (:meth:`check_candidates`; the embedder is then not needed)."""
         self.config.data.validate()
-        self._model("embedder")
+        if self.config.candidates:
+            self.check_candidates()
+        else:
+            self._model("embedder")
         if self.config.reranks:
             self._model("reranker")
         self.check_supplied()
+
+    def check_candidates(self):
+        """The candidates file, read and checked for what needs no prepared data (once per
+        pipeline; :class:`~rerank_ray.candidates.Candidates`)."""
+        from rerank_ray.candidates import read_candidates
+
+        if self._candidates is None:
+            self._candidates = read_candidates(self.config.candidates)
+        return self._candidates
 
     def check_supplied(self) -> None:
         """Supplied vectors are Parquet with an id column and ``embedding``, and share one

@@ -202,7 +202,8 @@ def render_report(metrics: dict, manifest: dict, significance: dict | None = Non
         lines += ["![recall@k and score distributions](report.png)", ""]
     evaluation = manifest.get("stages", {}).get("evaluate", {})
     if evaluation.get("not_reported"):
-        lines += [depth_note(evaluation["not_reported"], config.get("top_k")), ""]
+        depth = evaluation.get("depth", config.get("top_k"))
+        lines += [depth_note(evaluation["not_reported"], depth), ""]
     if evaluation:
         lines.append(
             f"Averaged over {evaluation.get('evaluated_queries')} queries with at least one"
@@ -222,6 +223,13 @@ def render_report(metrics: dict, manifest: dict, significance: dict | None = Non
     sources = config.get("data", {})
     given = ", ".join(f"{k}={v}" for k, v in sources.items() if v is not None)
     lines += ["", f"Sources: {given}; top-k {config.get('top_k')}.", ""]
+    candidates = manifest.get("stages", {}).get("retrieve", {}).get("candidates")
+    if candidates:
+        lines += [
+            f"Retrieval: the candidates in `{candidates['path']}` ({candidates['format']},"
+            f" {candidates['rows']} rows), ranked by score as trec_eval ranks them, no embedder.",
+            "",
+        ]
     lines += [
         "## Timings",
         "",

@@ -65,7 +65,10 @@ COMMANDS = {
             "jobs/embed.py",
         ),
         Command(
-            "retrieve", ("retrieve",), "exact top-k over a run's embeddings", "jobs/retrieve.py"
+            "retrieve",
+            ("retrieve",),
+            "exact top-k over a run's embeddings (or rank its --candidates)",
+            "jobs/retrieve.py",
         ),
         Command(
             "rerank",

@@ -191,6 +191,28 @@ def test_sources_and_supplied_vectors_are_keyed_by_content(sources, base_keys, t
     assert first_changed(first, keys_of(supplied)) == "embed"
 
 
+def test_candidates_are_keyed_by_content_and_need_no_embedder(sources, base_keys, tmp_path):
+    """With candidates, the embedder is neither resolved nor part of any key; the candidates'
+    content is part of the retrieve stage's."""
+    _, dataset = sources
+    run = tmp_path / "run.trec"
+    run.write_text("0 Q0 pa 1 2.0 bm25\n0 Q0 pb 2 1.0 bm25\n")
+    config = dataclasses.replace(base_config(dataset, tmp_path / "a"), candidates=str(run))
+    first = keys_of(config)
+    assert first_changed(base_keys, first) == "embed"
+    elsewhere = keys_of(
+        dataclasses.replace(
+            config,
+            out=str(tmp_path / "b"),
+            embedder="/no/such/embedder",  # resolving it would fail
+            embedding=embedding(pooling="cls"),
+        )
+    )
+    assert elsewhere == first
+    run.write_text("0 Q0 pa 1 1.0 bm25\n0 Q0 pb 2 2.0 bm25\n")
+    assert first_changed(first, keys_of(config)) == "retrieve"
+
+
 @pytest.mark.parametrize("role", ["corpus", "queries"])
 def test_the_cache_key_changes_exactly_with_the_vector_options(minilm_path, role):
     """The cache key and the embed stage's key are built from the same vector options."""

@@ -34,7 +34,7 @@ FLAGS = {
     "--embedding-storage": "embedding.storage", "--reranker": "rerank.model",
     "--rerank-top-k": "rerank.top_k", "--reranker-max-length": "rerank.max_length",
     "--reranker-batch-size": "rerank.batch_size", "--rerank-depths": "rerank.depths",
-    "--top-k": "top_k", "--out": "out",
+    "--top-k": "top_k", "--out": "out", "--candidates": "candidates",
     "--address": "compute.address", "--device": "compute.device",
     "--num-actors": "compute.num_actors", "--max-actors": "compute.max_actors",
     "--num-gpus-per-actor": "compute.num_gpus_per_actor",
@@ -95,7 +95,7 @@ def test_run_is_an_alias_of_out_and_help_shows_defaults(tmp_path, capsys):
 def test_path_flags_are_the_options_that_name_files_or_models():
     assert path_flags(RunConfig) == {
         "--dataset", "--corpus", "--queries", "--qrels", "--out", "--run", "--corpus-embeddings",
-        "--query-embeddings", "--cache-dir", "--embedder", "--reranker",
+        "--query-embeddings", "--cache-dir", "--embedder", "--reranker", "--candidates",
     }  # fmt: skip
 
 
