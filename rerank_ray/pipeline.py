@@ -25,16 +25,15 @@ import logging
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from importlib import metadata
 
 from rerank_ray.config import RunConfig
 from rerank_ray.datasets import PreparedData, prepare_data
 from rerank_ray.errors import ConfigError
 from rerank_ray.export import exported_paths
-from rerank_ray.formats import is_local_source
-from rerank_ray.io import content_fingerprint, discard, exists, read_json
-from rerank_ray.keys import digest, score_options, vector_options
+from rerank_ray.inputs import RunInputs
+from rerank_ray.io import discard, exists, read_json
+from rerank_ray.keys import digest
 from rerank_ray.local_ray import connect_ray
 from rerank_ray.rundir import RunDirectory
 from rerank_ray.stages import STAGE_TABLE, STAGES
@@ -88,9 +87,7 @@ class Pipeline:
         self.manifest.setdefault("models", {})
         self.manifest.setdefault("stages", {})
         self.manifest["versions"] = library_versions()
-        self._models: dict = {}
-        self._supplied_checked = False
-        self._candidates = None  # read and checked once: :meth:`check_inputs` or the stage
+        self.inputs = RunInputs(config, self.manifest)
 
     def close(self) -> None:
         """Release the run directory (idempotent); the pipeline writes nothing afterwards."""
@@ -131,79 +128,9 @@ class Pipeline:
 
     def stage_key(self, stage: str) -> str:
         """A hash of everything ``stage``'s output depends on: its own inputs and options
-        (:meth:`depends_on`) and the key of the stage before it."""
+        (:meth:`RunInputs.depends_on`) and the key of the stage before it."""
         previous = self.stage_key(STAGES[STAGES.index(stage) - 1]) if stage != STAGES[0] else ""
-        return digest([previous, stage, self.depends_on(stage)])[:16]
-
-    def depends_on(self, stage: str):
-        """What ``stage``'s output is computed from, besides earlier stages' outputs: content,
-        not paths (source files by content hash, models by fingerprint), and only the options
-        that change a vector or a score (:mod:`rerank_ray.keys`)."""
-        config = self.config
-        if stage == "prepare":
-            return {"data": asdict(config.data), "sources": self._source_hashes()}
-        if stage == "embed":
-            if config.candidates:
-                return "no embeddings: the candidates are the retrieval"
-            options = self._embedding_options()
-            supplied = {
-                role: self._content_hash(path) if path else None
-                for role, path in (
-                    ("corpus", config.corpus_embeddings),
-                    ("queries", config.query_embeddings),
-                )
-            }
-            return {
-                "embedder": self._model("embedder").fingerprint,
-                "vectors": {role: vector_options(options, role) for role in ("corpus", "queries")},
-                "supplied": supplied,
-            }
-        if stage == "retrieve":
-            if config.candidates:
-                return {"top_k": config.top_k, "candidates": self._content_hash(config.candidates)}
-            return {"top_k": config.top_k}
-        if stage == "rerank":
-            if not config.reranks:
-                return None
-            return {"reranker": self._model("reranker").fingerprint, **score_options(config.rerank)}
-        if stage == "evaluate":
-            return {"rerank_depths": config.rerank.depths}
-        return None
-
-    def _model(self, role: str):
-        """The embedder or reranker resolved to a local directory and fingerprint (once)."""
-        from rerank_ray.bi_encoder import resolve_reranker
-        from rerank_ray.models import resolve_model
-
-        if role not in self._models:
-            if role == "embedder":
-                self._models[role] = resolve_model(self.config.embedder)
-            else:
-                self._models[role] = resolve_reranker(self.config.reranker)
-        return self._models[role]
-
-    def _embedding_options(self):
-        """The embedding options with the model's defaults filled in."""
-        return self.config.embedding.resolved(self._model("embedder").path)
-
-    def _content_hash(self, path: str) -> str:
-        """The SHA-256 of a source's content; re-read only when its files' sizes or mtimes
-        changed since the manifest recorded them."""
-        known = self.manifest.setdefault("sources", {})
-        try:
-            known[path] = content_fingerprint(path, known.get(path))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such file") from None
-        return known[path]["sha256"]
-
-    def _source_hashes(self) -> dict:
-        data = self.config.data
-        sources = (data.dataset, data.corpus, data.queries, data.qrels)
-        return {
-            path: self._content_hash(path) if is_local_source(path) else "hub"
-            for path in sources
-            if path is not None
-        }
+        return digest([previous, stage, self.inputs.depends_on(stage)])[:16]
 
     def is_complete(self, stage: str) -> bool:
         """Whether ``stage`` finished with the current options and its outputs are in place."""
@@ -295,9 +222,9 @@ class Pipeline:
             log.info("stage embed: skipped (the candidates are the retrieval)")
             return
         prepared = self._prepared()
-        embedder = self._model("embedder")
-        self.check_supplied()
-        options = self._embedding_options()
+        embedder = self.inputs.model("embedder")
+        self.inputs.check_supplied()
+        options = self.inputs.embedding_options()
         self.manifest["models"]["embedder"] = {**embedder.to_dict(), "options": options.__dict__}
         connect_ray(self.config.compute.address)
         resources = self._plan_pool()
@@ -352,11 +279,11 @@ class Pipeline:
         from rerank_ray.candidates import check_known_ids, write_retrieval
 
         self.require_upstream("retrieve")
-        prepared, candidates = self._prepared(), self.check_candidates()
-        self._candidates = None  # held by this stage only
+        prepared, candidates = self._prepared(), self.inputs.check_candidates()
+        self.inputs.forget_candidates()  # held by this stage only
         check_known_ids(candidates, prepared, self.config.data)
         self._drop_embeddings()
-        sha256 = self._content_hash(candidates.path)
+        sha256 = self.inputs.content_hash(candidates.path)
         out, top_k = self.run.retrieval_path, self.config.top_k
         self._timed("retrieve", lambda: write_retrieval(candidates, prepared, out, top_k, sha256))
 
@@ -387,7 +314,7 @@ class Pipeline:
             return
         self.run.require(self.run.retrieval_path, "retrieve")
         prepared = self._prepared()
-        reranker = self._model("reranker")
+        reranker = self.inputs.model("reranker")
         self.manifest["models"]["reranker"] = {
             **reranker.to_dict(),
             "options": self.config.rerank.to_dict(),
@@ -452,46 +379,6 @@ class Pipeline:
             "gpus_per_actor": resources.get("num_gpus_per_actor") if on_gpus else 0,
         }
 
-    def check_inputs(self) -> None:
-        """Refuse, in one line and before Ray starts or any stage runs, what can be checked
-        without them: the sources, the models (resolved: names, folders with weights, config
-        and tokenizer), supplied vectors (:meth:`check_supplied`) and candidates
-        (:meth:`check_candidates`; the embedder is then not needed)."""
-        self.config.data.validate()
-        if self.config.candidates:
-            self.check_candidates()
-        else:
-            self._model("embedder")
-        if self.config.reranks:
-            self._model("reranker")
-        self.check_supplied()
-
-    def check_candidates(self):
-        """The candidates file, read and checked for what needs no prepared data (once per
-        pipeline; :class:`~rerank_ray.candidates.Candidates`)."""
-        from rerank_ray.candidates import read_candidates
-
-        if self._candidates is None:
-            self._candidates = read_candidates(self.config.candidates)
-        return self._candidates
-
-    def check_supplied(self) -> None:
-        """Supplied vectors are Parquet with an id column and ``embedding``, and share one
-        dimension with each other or, where one role is computed, with the embedder's
-        (checked once per pipeline: ``run`` checks before any stage, ``embed`` alone too)."""
-        if self._supplied_checked:
-            return
-        from rerank_ray.models import model_dimension
-        from rerank_ray.supplied import check_dimensions
-
-        config = self.config
-        corpus, queries = config.corpus_embeddings, config.query_embeddings
-        embedder = None
-        if (corpus is None) != (queries is None):  # one role is computed by the embedder
-            embedder = (config.embedder, model_dimension(self._model("embedder").path))
-        check_dimensions(corpus, queries, embedder)
-        self._supplied_checked = True
-
     def run_all(self, resume: bool = True) -> dict:
         """prepare → embed → retrieve → rerank → evaluate; returns the metrics.
 
@@ -499,7 +386,7 @@ class Pipeline:
         manifest, its output in place) is skipped: re-running an interrupted command redoes
         only the unfinished stage and those after it.
         """
-        self.check_inputs()
+        self.inputs.check()
         compute = self.config.compute
         if compute.device == "cuda" or compute.num_gpus_per_actor:
             from rerank_ray.pool import cluster_gpus, decide_device

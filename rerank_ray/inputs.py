@@ -1,0 +1,144 @@
+"""What a run reads, resolved, hashed and checked once: its models (folder and weights
+fingerprint), its sources' content (SHA-256, kept in the manifest's ``sources`` and re-read only
+when a file's size or mtime changed), supplied vectors and candidates; and from them, what each
+stage's output depends on (:meth:`RunInputs.depends_on`), which the stage keys hash.
+
+Checks that need neither Ray nor a model's weights loaded run before any stage
+(:meth:`RunInputs.check`), so a typo fails in one line at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from rerank_ray.config import RunConfig
+from rerank_ray.errors import ConfigError
+from rerank_ray.formats import is_local_source
+from rerank_ray.io import content_fingerprint
+from rerank_ray.keys import score_options, vector_options
+
+
+class RunInputs:
+    """The inputs of one run's ``config``; ``manifest`` is the run's (its ``sources`` entry
+    caches content hashes)."""
+
+    def __init__(self, config: RunConfig, manifest: dict):
+        self.config = config
+        self.manifest = manifest
+        self._models: dict = {}
+        self._supplied_checked = False
+        self._candidates = None  # read and checked once: by :meth:`check` or the stage
+
+    def forget_candidates(self) -> None:
+        """Let go of the checked candidates (the retrieve stage holds them from here)."""
+        self._candidates = None
+
+    def depends_on(self, stage: str):
+        """What ``stage``'s output is computed from, besides earlier stages' outputs: content,
+        not paths (source files by content hash, models by fingerprint), and only the options
+        that change a vector or a score (:mod:`rerank_ray.keys`)."""
+        config = self.config
+        if stage == "prepare":
+            return {"data": asdict(config.data), "sources": self.source_hashes()}
+        if stage == "embed":
+            if config.candidates:
+                return "no embeddings: the candidates are the retrieval"
+            options = self.embedding_options()
+            supplied = {
+                role: self.content_hash(path) if path else None
+                for role, path in (
+                    ("corpus", config.corpus_embeddings),
+                    ("queries", config.query_embeddings),
+                )
+            }
+            return {
+                "embedder": self.model("embedder").fingerprint,
+                "vectors": {role: vector_options(options, role) for role in ("corpus", "queries")},
+                "supplied": supplied,
+            }
+        if stage == "retrieve":
+            if config.candidates:
+                return {"top_k": config.top_k, "candidates": self.content_hash(config.candidates)}
+            return {"top_k": config.top_k}
+        if stage == "rerank":
+            if not config.reranks:
+                return None
+            return {"reranker": self.model("reranker").fingerprint, **score_options(config.rerank)}
+        if stage == "evaluate":
+            return {"rerank_depths": config.rerank.depths}
+        return None
+
+    def model(self, role: str):
+        """The embedder or reranker resolved to a local directory and fingerprint (once)."""
+        from rerank_ray.bi_encoder import resolve_reranker
+        from rerank_ray.models import resolve_model
+
+        if role not in self._models:
+            if role == "embedder":
+                self._models[role] = resolve_model(self.config.embedder)
+            else:
+                self._models[role] = resolve_reranker(self.config.reranker)
+        return self._models[role]
+
+    def embedding_options(self):
+        """The embedding options with the model's defaults filled in."""
+        return self.config.embedding.resolved(self.model("embedder").path)
+
+    def content_hash(self, path: str) -> str:
+        """The SHA-256 of a source's content; re-read only when its files' sizes or mtimes
+        changed since the manifest recorded them."""
+        known = self.manifest.setdefault("sources", {})
+        try:
+            known[path] = content_fingerprint(path, known.get(path))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such file") from None
+        return known[path]["sha256"]
+
+    def source_hashes(self) -> dict:
+        data = self.config.data
+        sources = (data.dataset, data.corpus, data.queries, data.qrels)
+        return {
+            path: self.content_hash(path) if is_local_source(path) else "hub"
+            for path in sources
+            if path is not None
+        }
+
+    def check(self) -> None:
+        """Refuse, in one line and before Ray starts or any stage runs, what can be checked
+        without them: the sources, the models (resolved: names, folders with weights, config
+        and tokenizer), supplied vectors (:meth:`check_supplied`) and candidates
+        (:meth:`check_candidates`; the embedder is then not needed)."""
+        self.config.data.validate()
+        if self.config.candidates:
+            self.check_candidates()
+        else:
+            self.model("embedder")
+        if self.config.reranks:
+            self.model("reranker")
+        self.check_supplied()
+
+    def check_candidates(self):
+        """The candidates file, read and checked for what needs no prepared data (once per
+        pipeline; :class:`~rerank_ray.candidates.Candidates`)."""
+        from rerank_ray.candidates import read_candidates
+
+        if self._candidates is None:
+            self._candidates = read_candidates(self.config.candidates)
+        return self._candidates
+
+    def check_supplied(self) -> None:
+        """Supplied vectors are Parquet with an id column and ``embedding``, and share one
+        dimension with each other or, where one role is computed, with the embedder's
+        (checked once per pipeline: ``run`` checks before any stage, ``embed`` alone too)."""
+        if self._supplied_checked:
+            return
+        from rerank_ray.models import model_dimension
+        from rerank_ray.supplied import check_dimensions
+
+        config = self.config
+        corpus, queries = config.corpus_embeddings, config.query_embeddings
+        embedder = None
+        if (corpus is None) != (queries is None):  # one role is computed by the embedder
+            embedder = (config.embedder, model_dimension(self.model("embedder").path))
+        check_dimensions(corpus, queries, embedder)
+        self._supplied_checked = True
