@@ -137,3 +137,52 @@ def reciprocal_rank_fusion(rankings: list[pa.Table], k: int, rrf_k: int) -> pa.T
         ],
         schema=RETRIEVAL_SCHEMA,
     )
+
+
+def index_version() -> str:
+    """What the BM25 scores depend on besides the corpus and k1, b: the library and the
+    tokenization."""
+    from importlib.metadata import version
+
+    return (
+        f"bm25s {version('bm25s')}, lucene, english stopwords, PyStemmer"
+        f" {version('PyStemmer')} english"
+    )
+
+
+def bm25_retrieval(
+    corpus_path: str,
+    queries_path: str,
+    out_path: str,
+    k: int,
+    options: BM25Options,
+    dense_path: str | None = None,
+) -> dict:
+    """BM25's top ``k`` per query written to ``out_path`` (``retrieval.parquet``), fused by
+    reciprocal rank with the dense ranking at ``dense_path`` when given (hybrid).
+
+    Runs as one Ray task, which holds the index; the driver holds nothing of the corpus.
+    Returns the stage's statistics.
+    """
+    import ray
+
+    task = ray.remote(num_cpus=1, max_retries=1)(_bm25_in_task)
+    return ray.get(task.remote(corpus_path, queries_path, out_path, k, options, dense_path))
+
+
+def _bm25_in_task(corpus_path, queries_path, out_path, k, options, dense_path) -> dict:
+    """The task's body: rank, fuse, publish ``out_path`` whole."""
+    import time
+
+    from rerank_ray.io import atomic_path
+    from rerank_ray.parquet import write_table
+
+    started = time.perf_counter()
+    ranking = bm25_search(corpus_path, queries_path, k, options)
+    stats = {"bm25_seconds": round(time.perf_counter() - started, 3)}
+    if dense_path is not None:
+        dense = read_table(dense_path, columns=["qid", "pid", "rank", "score"])
+        ranking = reciprocal_rank_fusion([dense, ranking], k, options.rrf_k)
+    with atomic_path(out_path) as tmp:
+        write_table(ranking, tmp)
+    return {**stats, "rows": ranking.num_rows}

@@ -130,8 +130,12 @@ def _print_summary(config: RunConfig, metrics: dict, depth: int) -> None:
     print()
     if config.candidates:
         retrieval = f"candidates: {config.candidates}"
+    elif config.retriever == "bm25":
+        retrieval = "retriever: bm25"
     else:
         retrieval = f"embedder: {config.embedder}"
+        if config.retriever == "hybrid":
+            retrieval = f"retriever: hybrid (bm25 + {config.embedder})"
     print(f"{retrieval}   reranker: {config.reranker}   top-k: {config.top_k}")
     print(metrics_table(metrics, significant_metrics(significance)))
     if "rerank" in metrics and significance_note(significance):

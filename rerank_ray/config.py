@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 
+from rerank_ray.bm25 import RETRIEVERS, BM25Options
 from rerank_ray.datasets import DataConfig
 from rerank_ray.embedder import EmbedderOptions
 from rerank_ray.errors import ConfigError
@@ -16,6 +17,7 @@ DEFAULT_TOP_K = 100
 HELP_GROUPS = {
     "data": "data",
     "embedding": "embedding model",
+    "bm25": "retrieval",
     "rerank": "reranker",
     "": "run",
     "compute": "compute",
@@ -135,6 +137,15 @@ class RunConfig:
     top_k: int = option(
         DEFAULT_TOP_K, "--top-k", "passages retrieved per query", type=int, metavar="K"
     )
+    retriever: str = option(
+        "dense",
+        "--retriever",
+        "dense: exact top-k over the embeddings; bm25: BM25 (bm25s), no embedder; hybrid:"
+        " reciprocal-rank fusion of both",
+        choices=RETRIEVERS,
+        group="retrieval",
+    )
+    bm25: BM25Options = field(default_factory=BM25Options)
     candidates: str | None = option(
         None,
         "--candidates",
@@ -183,7 +194,27 @@ class RunConfig:
                 RunConfig,
                 "top_k",
             )
+        if self.retriever not in RETRIEVERS:
+            raise ConfigError(
+                f"retriever must be one of {', '.join(RETRIEVERS)}, got {self.retriever!r}",
+                RunConfig,
+                "retriever",
+            )
+        if self.candidates is not None and self.retriever != "dense":
+            raise ConfigError(
+                f"candidates are the retrieval; retriever {self.retriever} would not run",
+                RunConfig,
+                "candidates",
+                "retriever",
+            )
         for supplied in ("corpus_embeddings", "query_embeddings"):
+            if self.retriever == "bm25" and getattr(self, supplied) is not None:
+                raise ConfigError(
+                    f"retriever bm25 uses no embeddings; {supplied} would not be used",
+                    RunConfig,
+                    "retriever",
+                    supplied,
+                )
             if self.candidates is not None and getattr(self, supplied) is not None:
                 raise ConfigError(
                     f"candidates replace embedding and retrieval; {supplied} would not be used",
@@ -191,6 +222,11 @@ class RunConfig:
                     "candidates",
                     supplied,
                 )
+
+    @property
+    def embeds(self) -> bool:
+        """Whether the run embeds (or imports vectors): not for candidates or BM25 alone."""
+        return self.candidates is None and self.retriever != "bm25"
 
     @property
     def reranker(self) -> str:
@@ -206,12 +242,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> RunConfig:
-        nested = {
-            "data": DataConfig,
-            "embedding": EmbedderOptions,
-            "rerank": RerankOptions,
-            "compute": ComputeConfig,
-        }
+        nested = {f.name: f.default_factory for f in fields(cls) if is_dataclass(f.default_factory)}
         known = {f.name for f in fields(cls)}
         values = {}
         for key, value in data.items():

@@ -41,8 +41,8 @@ class RunInputs:
         if stage == "prepare":
             return {"data": asdict(config.data), "sources": self.source_hashes()}
         if stage == "embed":
-            if config.candidates:
-                return "no embeddings: the candidates are the retrieval"
+            if not config.embeds:
+                return "no embeddings: the candidates or BM25 are the retrieval"
             options = self.embedding_options()
             supplied = {
                 role: self.content_hash(path) if path else None
@@ -59,6 +59,13 @@ class RunInputs:
         if stage == "retrieve":
             if config.candidates:
                 return {"top_k": config.top_k, "candidates": self.content_hash(config.candidates)}
+            if config.retriever != "dense":
+                from rerank_ray.bm25 import index_version
+
+                bm25 = {"k1": config.bm25.k1, "b": config.bm25.b, "index": index_version()}
+                if config.retriever == "hybrid":
+                    bm25["rrf_k"] = config.bm25.rrf_k
+                return {"top_k": config.top_k, "retriever": config.retriever, "bm25": bm25}
             return {"top_k": config.top_k}
         if stage == "rerank":
             if not config.reranks:
@@ -111,7 +118,7 @@ class RunInputs:
         self.config.data.validate()
         if self.config.candidates:
             self.check_candidates()
-        else:
+        if self.config.embeds:
             self.model("embedder")
         if self.config.reranks:
             self.model("reranker")

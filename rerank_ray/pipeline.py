@@ -140,8 +140,8 @@ class Pipeline:
 
     def upstream(self, stage: str) -> tuple[str, ...]:
         """The stages whose outputs ``stage`` reads (not ``rerank``'s without a reranker;
-        the prepared data, not embeddings, for ``retrieve`` from candidates)."""
-        if stage == "retrieve" and self.config.candidates:
+        the prepared data, not embeddings, for ``retrieve`` from candidates or BM25)."""
+        if stage == "retrieve" and not self.config.embeds:
             return ("prepare",)
         reads = STAGE_TABLE[stage].reads
         return reads if self.config.reranks else tuple(s for s in reads if s != "rerank")
@@ -217,9 +217,10 @@ class Pipeline:
         from rerank_ray.embed import Role, embed_or_reuse
         from rerank_ray.models import default_cache_dir
 
-        if self.config.candidates:
+        if not self.config.embeds:
             self._drop_embeddings()
-            log.info("stage embed: skipped (the candidates are the retrieval)")
+            source = "the candidates" if self.config.candidates else "BM25"
+            log.info("stage embed: skipped (%s is the retrieval)", source)
             return
         prepared = self._prepared()
         embedder = self.inputs.model("embedder")
@@ -257,6 +258,9 @@ class Pipeline:
         if self.config.candidates:
             self._retrieve_candidates()
             return
+        if self.config.retriever != "dense":
+            self._retrieve_bm25()
+            return
         self.run.require(self.run.corpus_embeddings_dir, "embed")
         self.run.require(self.run.query_embeddings_dir, "embed")
         connect_ray(self.config.compute.address)
@@ -287,9 +291,50 @@ class Pipeline:
         out, top_k = self.run.retrieval_path, self.config.top_k
         self._timed("retrieve", lambda: write_retrieval(candidates, prepared, out, top_k, sha256))
 
+    def _retrieve_bm25(self) -> None:
+        """BM25's ranking (in one Ray task, :mod:`rerank_ray.bm25`), fused by reciprocal rank
+        with the dense one for ``hybrid``."""
+        from rerank_ray.bm25 import bm25_retrieval
+        from rerank_ray.io import temporary_sibling
+        from rerank_ray.search import exact_search
+
+        config = self.config
+        hybrid = config.retriever == "hybrid"
+        if hybrid:
+            self.run.require(self.run.corpus_embeddings_dir, "embed")
+            self.run.require(self.run.query_embeddings_dir, "embed")
+        prepared = self._prepared()
+        connect_ray(config.compute.address)
+        out, top_k = self.run.retrieval_path, config.top_k
+
+        def work() -> dict:
+            stats: dict = {"retriever": config.retriever, "top_k": top_k}
+            dense = temporary_sibling(out) if hybrid else None
+            try:
+                if dense:
+                    dense_stats = exact_search(
+                        self.run.corpus_embeddings_dir,
+                        self.run.query_embeddings_dir,
+                        dense,
+                        k=top_k,
+                        device=config.compute.device,
+                    )
+                    stats["dense"] = dense_stats.to_dict()
+                found = bm25_retrieval(
+                    prepared.corpus_path, prepared.queries_path, out, top_k, config.bm25, dense
+                )
+            finally:
+                if dense:
+                    discard(dense)
+            return {**stats, **found}
+
+        if not hybrid:
+            self._drop_embeddings()
+        self._timed("retrieve", work)
+
     def _drop_embeddings(self) -> None:
-        """A run ranked from candidates holds no embeddings: those there were computed for
-        another configuration."""
+        """A run ranked from candidates or by BM25 alone holds no embeddings: those there
+        were computed for another configuration."""
         for path in self._outputs("embed"):
             discard(path)
         self.manifest["stages"].pop("embed", None)

@@ -3,6 +3,7 @@ protocol's passages; reciprocal-rank fusion against its definition."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pyarrow as pa
@@ -102,3 +103,78 @@ def test_reciprocal_rank_fusion_is_the_sum_of_reciprocal_ranks():
     top = sorted(expected, key=lambda p: (-expected[p], p))[:3]
     assert [r["pid"] for r in fused] == top == ["a", "c", "b"]
     assert [r["score"] for r in fused] == pytest.approx([expected[p] for p in top], rel=1e-6)
+
+
+def _pytrec(retrieval_path, qrels_path) -> dict:
+    import pytrec_eval
+
+    qrels: dict = {}
+    for row in pq.read_table(qrels_path).to_pylist():
+        qrels.setdefault(row["qid"], {})[row["pid"]] = row["relevance"]
+    run: dict = {}
+    for row in pq.read_table(retrieval_path).to_pylist():
+        run.setdefault(row["qid"], {})[row["pid"]] = 1000.0 - row["rank"]
+    values = pytrec_eval.RelevanceEvaluator(qrels, {"recall.10", "ndcg_cut.10"}).evaluate(run)
+    return {
+        "recall@10": sum(v["recall_10"] for v in values.values()) / len(values),
+        "ndcg@10": sum(v["ndcg_cut_10"] for v in values.values()) / len(values),
+    }
+
+
+def test_a_bm25_run_needs_no_embedder_and_its_ranking_is_bm25s(ray_session, msmarco, tmp_path):
+    from rerank_ray.cli import main
+
+    out = tmp_path / "run"
+    code = main(
+        ["run", "--dataset", str(msmarco / "dev.jsonl"), "--corpus-rows", "60", "--num-queries",
+         "8", "--retriever", "bm25", "--embedder", "/no/such/embedder", "--reranker", "none",
+         "--top-k", "10", "--out", str(out), "-q"]
+    )  # fmt: skip
+    assert code == 0
+    expected = bm25_search(
+        str(out / "data" / "corpus.parquet"),
+        str(out / "data" / "queries.parquet"),
+        10,
+        BM25Options(),
+    )
+    assert pq.read_table(out / "retrieval.parquet").equals(expected)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["models"]["embedder"] is None and not (out / "embeddings").exists()
+    assert manifest["stages"]["retrieve"]["retriever"] == "bm25"
+    metrics = json.loads((out / "metrics.json").read_text())["retrieval"]
+    reference = _pytrec(out / "retrieval.parquet", out / "data" / "qrels.parquet")
+    for name, value in reference.items():
+        assert metrics[name] == pytest.approx(value, abs=1e-12)
+
+
+def test_a_hybrid_run_fuses_the_dense_and_bm25_rankings(ray_session, msmarco, tmp_path):
+    from rerank_ray.cli import main
+    from rerank_ray.embed import embedding_matrix
+
+    out = tmp_path / "run"
+    code = main(
+        ["run", "--dataset", str(msmarco / "dev.jsonl"), "--corpus-rows", "60", "--num-queries",
+         "8", "--retriever", "hybrid", "--rrf-k", "30", "--embedder", "minilm", "--reranker",
+         "none", "--top-k", "10", "--out", str(out), "--no-cache", "-q"]
+    )  # fmt: skip
+    assert code == 0
+    corpus = pq.read_table(out / "embeddings" / "corpus")
+    queries = pq.read_table(out / "embeddings" / "queries")
+    scores = embedding_matrix(queries["embedding"]) @ embedding_matrix(corpus["embedding"]).T
+    pids = corpus["pid"].to_pylist()
+    rows = []
+    for qid, row in zip(queries["qid"].to_pylist(), scores):
+        top = sorted(range(len(pids)), key=lambda i: (-row[i], pids[i]))[:10]
+        rows += [(qid, pids[i], rank) for rank, i in enumerate(top, start=1)]
+    dense = pa.table(
+        {"qid": [r[0] for r in rows], "pid": [r[1] for r in rows], "rank": [r[2] for r in rows]}
+    )
+    bm25 = bm25_search(
+        str(out / "data" / "corpus.parquet"),
+        str(out / "data" / "queries.parquet"),
+        10,
+        BM25Options(),
+    )
+    expected = reciprocal_rank_fusion([dense, bm25], k=10, rrf_k=30)
+    got = pq.read_table(out / "retrieval.parquet")
+    assert got.select(["qid", "pid", "rank"]).equals(expected.select(["qid", "pid", "rank"]))

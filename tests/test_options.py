@@ -35,6 +35,7 @@ FLAGS = {
     "--rerank-top-k": "rerank.top_k", "--reranker-max-length": "rerank.max_length",
     "--reranker-batch-size": "rerank.batch_size", "--rerank-depths": "rerank.depths",
     "--top-k": "top_k", "--out": "out", "--candidates": "candidates",
+    "--retriever": "retriever", "--bm25-k1": "bm25.k1", "--bm25-b": "bm25.b", "--rrf-k": "bm25.rrf_k",
     "--address": "compute.address", "--device": "compute.device",
     "--num-actors": "compute.num_actors", "--max-actors": "compute.max_actors",
     "--num-gpus-per-actor": "compute.num_gpus_per_actor",
@@ -152,4 +153,4 @@ def test_sections_are_config_dataclasses_and_every_option_has_help():
     for path, spec in walk(RunConfig):
         assert spec.help and spec.flag.startswith("--"), path
     sections = [f.name for f in dataclasses.fields(RunConfig) if "option" not in f.metadata]
-    assert sections == ["data", "embedding", "rerank", "compute"]
+    assert sections == ["data", "embedding", "rerank", "bm25", "compute"]
