@@ -23,9 +23,15 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 
 setup: $(STAMP)
 
+# BM25's top 100, the top 20 of each rescored by MiniLM embeddings (a real second stage, offline),
+# then the cross-encoder machinery (minilm-smoke: a random head) on the same candidates.
 demo: $(STAMP)
 	$(VENV)/bin/rerank-ray run --dataset $(DEMO_DATASET) --corpus-rows 5000 --num-queries 100 \
-		--embedder minilm --reranker minilm-smoke --rerank-top-k 20 --top-k 100 --out $(DEMO_OUT)
+		--retriever bm25 --top-k 100 --reranker bi:minilm --rerank-top-k 20 \
+		--rerank-depths 5,10,20 --out $(DEMO_OUT) --force
+	$(VENV)/bin/rerank-ray run --dataset $(DEMO_DATASET) --corpus-rows 5000 --num-queries 100 \
+		--candidates $(DEMO_OUT)/retrieval.parquet --top-k 100 --reranker minilm-smoke \
+		--rerank-top-k 20 --out $(DEMO_OUT)-smoke --force
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -219,8 +219,8 @@ class Pipeline:
 
         if not self.config.embeds:
             self._drop_embeddings()
-            source = "the candidates" if self.config.candidates else "BM25"
-            log.info("stage embed: skipped (%s is the retrieval)", source)
+            source = "the candidates are" if self.config.candidates else "BM25 is"
+            log.info("stage embed: skipped (%s the retrieval)", source)
             return
         prepared = self._prepared()
         embedder = self.inputs.model("embedder")
