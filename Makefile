@@ -55,10 +55,11 @@ bench: $(STAMP)
 	$(PY) bench/topk.py --corpus 500000 --queries 1000 --k 100
 	$(PY) bench/object_store.py
 
-# Peak memory against corpus size: prepare, embedding and retrieval stages, 100k and 1M.
+# Peak memory against corpus size: prepare, embedding, BM25 and dense retrieval, 100k and 1M.
 bench-memory: $(STAMP)
 	$(PY) bench/prepare_memory.py --passages 100000 1000000
 	$(PY) bench/embed_memory.py --passages 100000 1000000
+	$(PY) bench/bm25_memory.py --passages 100000 1000000
 	$(PY) bench/topk.py --corpus 100000 --queries 1000 --k 100 --repeats 1
 	$(PY) bench/topk.py --corpus 1000000 --queries 1000 --k 100 --repeats 1
 

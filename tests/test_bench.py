@@ -60,3 +60,26 @@ def test_prepare_memory_benchmark_matches_every_positive_to_its_passage():
     stdout = _run_bench("prepare_memory.py", "--passages", "3000")  # it asserts the qrels
     assert "passages 3000: prepare stage" in stdout
     assert "1000 queries, each positive matched to the passage it was drawn from" in stdout
+
+
+@pytest.mark.slow
+def test_bm25_memory_benchmark_writes_every_querys_top_100():
+    stdout = _run_bench("bm25_memory.py", "--passages", "3000")  # it asserts the rows
+    assert "3,000 passages: BM25 retrieval" in stdout
+
+
+def test_bare_bm25_equals_the_pipelines_bm25(ray_session, msmarco, tmp_path):
+    """bench/bare_bm25.py (bm25s + pytrec_eval, no rerank-ray) and ``--retriever bm25`` on the
+    same rows give the same figures."""
+    from rerank_ray.cli import main
+
+    bare = json.loads(
+        _run_bench("bare_bm25.py", str(msmarco / "dev.jsonl"), "--rows", "300", "--queries", "40")
+    )
+    out = tmp_path / "run"
+    assert main(["run", "--dataset", str(msmarco / "dev.jsonl"), "--corpus-rows", "300",
+                 "--num-queries", "40", "--retriever", "bm25", "--reranker", "none",
+                 "--out", str(out), "-q"]) == 0  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())["retrieval"]
+    for name in ("recall@1", "recall@10", "recall@100", "mrr@10", "ndcg@10"):
+        assert round(metrics[name], 4) == bare[name], name
