@@ -251,7 +251,12 @@ def test_first_block_keeps_a_passage_its_approximate_kth_outranks_by_more_than_t
 def test_round_down_gives_the_largest_value_not_above():
     """The shortlist bar is rounded down to the comparison's dtype, not to nearest: past a
     midpoint, ``1 + 0.75 * 2^-7`` gives 1, not ``1 + 2^-7``. Checked independently of how it
-    rounds: ``rounded <= value < the next value of dtype above rounded``."""
+    rounds: ``rounded <= value < the next value of dtype above rounded``.
+
+    Rounding the bar to nearest at the call site is an equivalent mutant no search can expose:
+    the approximate scores are themselves values of that dtype, and for those ``approx >= B``
+    holds exactly when ``approx >= ceil(B)``; nearest is the floor (keeps more) or the ceiling
+    (keeps the same). Rounding down is the invariant stated once, and tested here."""
     import torch
 
     rng = np.random.default_rng(5)
