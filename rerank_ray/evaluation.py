@@ -164,3 +164,16 @@ def depth_sweep(
         row["metrics"] = evaluate(ranking, qrels, names).metrics
         sweep.append(row)
     return sweep
+
+
+def rerank_cost(manifest: dict) -> dict:
+    """What the rerank stage spent, from the run's manifest: the pairs it scored, its actors'
+    busy seconds and, where they ran on GPUs, the GPUs per actor (for :func:`depth_sweep`)."""
+    rerank = manifest.get("stages", {}).get("rerank") or {}
+    resources = rerank.get("resources") or {}
+    on_gpus = resources.get("device") == "cuda"
+    return {
+        "pairs": rerank.get("rows"),
+        "busy_seconds": (rerank.get("counts") or {}).get("busy_seconds"),
+        "gpus_per_actor": resources.get("num_gpus_per_actor") if on_gpus else 0,
+    }

@@ -9,13 +9,32 @@ Checks that need neither Ray nor a model's weights loaded run before any stage
 
 from __future__ import annotations
 
+import platform
 from dataclasses import asdict
+from importlib import metadata
 
 from rerank_ray.config import RunConfig
 from rerank_ray.errors import ConfigError
 from rerank_ray.formats import is_local_source
 from rerank_ray.io import content_fingerprint
 from rerank_ray.keys import score_options, vector_options
+
+#: The packages whose versions a run's results may depend on (recorded in the manifest).
+VERSIONED_PACKAGES = (
+    "rerank-ray", "ray", "torch", "transformers", "FlagEmbedding", "datasets", "pyarrow",
+    "numpy", "scipy", "bm25s", "PyStemmer",
+)  # fmt: skip
+
+
+def library_versions() -> dict[str, str]:
+    """Python's and :data:`VERSIONED_PACKAGES`' versions ("not installed" for a missing one)."""
+    versions = {"python": platform.python_version()}
+    for package in VERSIONED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
 
 
 class RunInputs:

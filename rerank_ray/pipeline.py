@@ -22,16 +22,14 @@ Example::
 from __future__ import annotations
 
 import logging
-import platform
 import time
 from collections.abc import Callable
-from importlib import metadata
 
 from rerank_ray.config import RunConfig
 from rerank_ray.datasets import PreparedData, prepare_data
 from rerank_ray.errors import ConfigError
 from rerank_ray.export import exported_paths
-from rerank_ray.inputs import RunInputs
+from rerank_ray.inputs import RunInputs, library_versions
 from rerank_ray.io import discard, exists, read_json
 from rerank_ray.keys import digest
 from rerank_ray.local_ray import connect_ray
@@ -39,27 +37,6 @@ from rerank_ray.rundir import RunDirectory
 from rerank_ray.stages import STAGE_TABLE, STAGES
 
 log = logging.getLogger("rerank_ray")
-
-VERSIONED_PACKAGES = (
-    "rerank-ray",
-    "ray",
-    "torch",
-    "transformers",
-    "FlagEmbedding",
-    "datasets",
-    "pyarrow",
-    "numpy",
-)
-
-
-def library_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for package in VERSIONED_PACKAGES:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions
 
 
 class Pipeline:
@@ -384,7 +361,7 @@ class Pipeline:
     def evaluate(self) -> dict:
         """Metrics of each stage's rankings; writes metrics.json, report.md and report.png."""
         from rerank_ray.cross_encoder import SMOKE_WARNING, is_smoke_model
-        from rerank_ray.evaluation import evaluate_run
+        from rerank_ray.evaluation import evaluate_run, rerank_cost
         from rerank_ray.report import write_report
 
         self.run.require(self.run.retrieval_path, "retrieve")
@@ -403,7 +380,7 @@ class Pipeline:
                 self.run,
                 note=SMOKE_WARNING if reranked and is_smoke_model(self.config.reranker) else None,
                 depths=self.config.rerank.depths,
-                rerank_cost=self._rerank_cost(),
+                rerank_cost=rerank_cost(self.manifest),
             )
             result.update(metrics)
             return {**stats, "depth": self.retrieval_depth()}
@@ -412,17 +389,6 @@ class Pipeline:
         significance = read_json(self.run.significance_path)
         write_report(self.run.report_path, result, self.manifest, significance)
         return result
-
-    def _rerank_cost(self) -> dict:
-        """Pairs the rerank stage scored, its actors' busy seconds and GPUs per actor."""
-        rerank = self.manifest["stages"].get("rerank") or {}
-        resources = rerank.get("resources") or {}
-        on_gpus = resources.get("device") == "cuda"
-        return {
-            "pairs": rerank.get("rows"),
-            "busy_seconds": (rerank.get("counts") or {}).get("busy_seconds"),
-            "gpus_per_actor": resources.get("num_gpus_per_actor") if on_gpus else 0,
-        }
 
     def run_all(self, resume: bool = True) -> dict:
         """prepare → embed → retrieve → rerank → evaluate; returns the metrics.
