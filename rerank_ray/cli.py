@@ -8,6 +8,7 @@ Subcommands:
     evaluate  metrics.json, report.md and report.png from the run's rankings
     submit    any of the above as a Ray job on a cluster: rerank-ray submit --address URL -- run …
     export    a run's rankings as TREC run files: rerank-ray export RUN --format trec [--out DIR]
+    compare   several runs' systems in one table with significance: rerank-ray compare RUN … --out DIR
     cleanup   stop the Ray processes that killed local runs left running
 
 A stage run on an existing run directory takes the config recorded in its manifest;
@@ -89,6 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", choices=("trec",), default="trec", help="file format (default: trec)"
     )
     export.add_argument("--out", metavar="DIR", help="where to write (default: the run directory)")
+    compare = commands.add_parser(
+        "compare",
+        help="several runs' systems in one table, with paired significance tests",
+        description="Compare the retrieval and rerank systems of run directories evaluated on"
+        " the same qrels: compare.md, compare.json and compare.png in --out; each system is"
+        " tested against the baseline (paired randomization and t-tests, bootstrap CI, Holm).",
+    )
+    compare.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+    compare.add_argument("--out", metavar="DIR", required=True, help="where to write")
+    compare.add_argument(
+        "--baseline", metavar="SYSTEM", help="e.g. bm25:retrieval (default: the first run's)"
+    )
     commands.add_parser(
         "cleanup",
         help="stop Ray processes left by local runs whose process was killed",
@@ -181,6 +194,18 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from rerank_ray.compare import compare_runs, comparison_table
+
+    result = compare_runs(args.runs, args.out, args.baseline)
+    print(comparison_table(result))
+    print(
+        f"* significant at α = {result['alpha']} against {result['baseline']} (paired"
+        f" randomization test, Holm across systems); {args.out}/compare.md"
+    )
+    return 0
+
+
 def _user_error_in(error: BaseException) -> UserError | None:
     """The :class:`UserError` behind ``error``, also when a Ray task raised it remotely."""
     seen = set()
@@ -207,6 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cleanup()
         if args.command == "export":
             return _export(args)
+        if args.command == "compare":
+            return _compare(args)
         config = config_from_args(args)
         from rerank_ray.pipeline import Pipeline
 

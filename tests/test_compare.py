@@ -1,0 +1,78 @@
+"""``rerank-ray compare``: two real runs (BM25, dense MiniLM) on the same data, their per-query
+values against pytrec_eval on their rankings, the tests against significance's on those
+vectors, and runs on other qrels refused."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import pytrec_eval
+
+from rerank_ray.cli import main
+from rerank_ray.significance import compare_systems
+
+
+def _run(msmarco, out, *options, queries="8"):
+    code = main(
+        ["run", "--dataset", str(msmarco / "dev.jsonl"), "--corpus-rows", "60", "--num-queries",
+         queries, "--reranker", "none", "--top-k", "10", "--out", str(out), "--no-cache", "-q",
+         *options]
+    )  # fmt: skip
+    assert code == 0
+
+
+def _pytrec_per_query(out) -> dict:
+    qrels: dict = {}
+    for row in pq.read_table(out / "data" / "qrels.parquet").to_pylist():
+        qrels.setdefault(row["qid"], {})[row["pid"]] = row["relevance"]
+    run: dict = {}
+    for row in pq.read_table(out / "retrieval.parquet").to_pylist():
+        run.setdefault(row["qid"], {})[row["pid"]] = 1000.0 - row["rank"]
+    full = pytrec_eval.RelevanceEvaluator(qrels, {"recall.1,10", "ndcg_cut.10"}).evaluate(run)
+    rr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(run)
+    top1 = {q: dict(sorted(d.items(), key=lambda kv: -kv[1])[:1]) for q, d in run.items()}
+    rr1 = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top1)
+    return {
+        q: {"recall@1": v["recall_1"], "recall@10": v["recall_10"], "ndcg@10": v["ndcg_cut_10"],
+            "mrr@10": rr[q]["recip_rank"], "mrr@1": rr1[q]["recip_rank"]}
+        for q, v in full.items()
+    }  # fmt: skip
+
+
+def test_two_runs_compared_on_their_shared_metrics(ray_session, msmarco, tmp_path, capsys):
+    _run(msmarco, tmp_path / "bm25", "--retriever", "bm25")
+    _run(msmarco, tmp_path / "dense", "--embedder", "minilm")
+    capsys.readouterr()
+    code = main(["compare", str(tmp_path / "bm25"), str(tmp_path / "dense"), "--out",
+                 str(tmp_path / "cmp")])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| bm25:retrieval (baseline) |" in printed and "| dense:retrieval |" in printed
+    result = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert result["baseline"] == "bm25:retrieval"
+    expected = {
+        "bm25:retrieval": _pytrec_per_query(tmp_path / "bm25"),
+        "dense:retrieval": _pytrec_per_query(tmp_path / "dense"),
+    }
+    metrics = ["recall@1", "recall@10", "mrr@1", "mrr@10", "ndcg@10"]
+    for system, queries in expected.items():
+        for metric in metrics:
+            mean = sum(v[metric] for v in queries.values()) / len(queries)
+            assert result["systems"][system][metric] == pytest.approx(mean, abs=1e-12)
+    mine = {c.metric: c.to_dict() for c in compare_systems(expected, "bm25:retrieval", metrics)}
+    assert sorted(c["metric"] for c in result["comparisons"]) == sorted(metrics)
+    for comparison in result["comparisons"]:
+        assert comparison == pytest.approx(mine[comparison["metric"]])
+    assert (tmp_path / "cmp" / "compare.png").stat().st_size > 1000
+    assert "paired" in (tmp_path / "cmp" / "compare.md").read_text()
+
+    _run(msmarco, tmp_path / "other", "--retriever", "bm25", queries="5")
+    code = main(["compare", str(tmp_path / "bm25"), str(tmp_path / "other"), "--out",
+                 str(tmp_path / "cmp2")])  # fmt: skip
+    error = capsys.readouterr().err
+    assert code == 2 and error.count("\n") == 1 and "different qrels" in error
+    code = main(["compare", str(tmp_path / "bm25"), "--out", str(tmp_path / "cmp3"),
+                 "--baseline", "nope"])  # fmt: skip
+    assert code == 2 and "baseline 'nope' is none of the systems" in capsys.readouterr().err
