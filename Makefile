@@ -54,6 +54,7 @@ bench: $(STAMP)
 	$(PY) bench/rerank_throughput.py --queries 50 --depth 20
 	$(PY) bench/topk.py --corpus 500000 --queries 1000 --k 100
 	$(PY) bench/object_store.py
+	$(PY) bench/evaluate_depth.py --queries 6980 --k 1000 --rerank 100 --depths 10,20,50,100
 
 # Peak memory against corpus size: prepare, embedding, BM25 and dense retrieval, 100k and 1M.
 bench-memory: $(STAMP)

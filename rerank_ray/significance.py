@@ -6,9 +6,11 @@ differences ``d_q = system_q - baseline_q`` are tested:
 
 * **paired randomization test** (Fisher's sign-flip permutation test): the mean difference
   against its distribution when each query's pair is swapped at random; two-sided,
-  ``p = min(1, 2 min(P[T >= t], P[T <= t]))`` (``scipy.stats.permutation_test`` with
-  ``permutation_type="samples"``; exact, over all ``2^n`` swaps, when ``2^n`` is at most
-  :data:`RESAMPLES`);
+  ``p = min(1, 2 min(P[T >= t], P[T <= t]))``, exact over all ``2^n`` swaps when ``2^n`` is at
+  most :data:`RESAMPLES`, else over that many random swaps with the observed one counted
+  (``(hits + 1) / (RESAMPLES + 1)``), as ``scipy.stats.permutation_test`` defines it; computed
+  here as one matrix product of sign vectors, which at 7,000 queries is many times faster than
+  scipy's loop;
 * **paired t-test**: ``t = mean(d) / (sd(d) / sqrt(n))`` with ``n - 1`` degrees of freedom
   (``scipy.stats.ttest_rel``);
 * **bootstrap 95 % confidence interval** of the mean difference (``scipy.stats.bootstrap``,
@@ -78,6 +80,30 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     return adjusted
 
 
+def randomization_p(differences: np.ndarray, rng: np.random.Generator) -> float:
+    """The paired randomization test's two-sided p-value of the mean of ``differences``."""
+    n = len(differences)
+    observed = differences.mean()
+    tolerance = abs(observed) * 100 * np.finfo(np.float64).eps  # ties, as scipy counts them
+    exact = 2**n <= RESAMPLES
+    greater = less = 0
+    total = 2**n if exact else RESAMPLES
+    batch = max(1, BATCH_VALUES // n)
+    for start in range(0, total, batch):
+        count = min(batch, total - start)
+        if exact:
+            codes = np.arange(start, start + count)[:, None] >> np.arange(n)
+            signs = (codes & 1) * 2.0 - 1.0
+        else:
+            signs = rng.integers(0, 2, size=(count, n)).astype(np.float64) * 2.0 - 1.0
+        means = signs @ differences / n
+        greater += int(np.count_nonzero(means >= observed - tolerance))
+        less += int(np.count_nonzero(means <= observed + tolerance))
+    extra = 0 if exact else 1  # the observed assignment is one of the random ones
+    p_greater, p_less = (greater + extra) / (total + extra), (less + extra) / (total + extra)
+    return float(min(1.0, 2 * min(p_greater, p_less)))
+
+
 def _tests(differences: np.ndarray, seed: int) -> tuple[float, float, float, float]:
     """(randomization p, t-test p, CI low, CI high) of the mean of ``differences``."""
     from scipy import stats
@@ -88,20 +114,11 @@ def _tests(differences: np.ndarray, seed: int) -> tuple[float, float, float, flo
         return 1.0, 1.0, mean, mean  # nothing to resample
     zeros = np.zeros(n)
     batch = max(1, BATCH_VALUES // n)
-    randomization = stats.permutation_test(
-        (differences, zeros),
-        lambda x, y, axis: np.mean(x - y, axis=axis),
-        permutation_type="samples",
-        vectorized=True,
-        n_resamples=RESAMPLES,
-        alternative="two-sided",
-        batch=batch,
-        rng=np.random.default_rng(seed),
-    )
+    randomization = randomization_p(differences, np.random.default_rng(seed))
     if np.all(differences == differences[0]):
         # No spread: t is infinite (0/0 when every difference is 0) and every bootstrap
         # resample has the same mean.
-        return float(randomization.pvalue), 1.0 if mean == 0 else 0.0, mean, mean
+        return randomization, 1.0 if mean == 0 else 0.0, mean, mean
     t_test = stats.ttest_rel(differences, zeros)
     interval = stats.bootstrap(
         (differences,),
@@ -114,7 +131,7 @@ def _tests(differences: np.ndarray, seed: int) -> tuple[float, float, float, flo
         rng=np.random.default_rng(seed),
     ).confidence_interval
     return (
-        float(randomization.pvalue),
+        randomization,
         float(t_test.pvalue),
         float(interval.low),
         float(interval.high),

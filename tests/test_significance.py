@@ -129,3 +129,24 @@ def test_the_table_marks_only_significant_differences():
     )
     assert table.splitlines()[-1] == "| difference | +0.1000 | +0.2000* |"
     assert significance_note(significance).startswith("* the difference is significant at α = 0.05")
+
+
+@pytest.mark.parametrize("lift", [0.0, 0.03, 0.08])
+def test_the_resampled_randomization_test_agrees_with_scipys(lift):
+    """Past 2^n > RESAMPLES swaps the test samples them: within Monte Carlo error of
+    scipy.stats.permutation_test on the same vector (other random draws)."""
+    from rerank_ray.significance import randomization_p
+
+    rng = np.random.default_rng(11)
+    differences = rng.normal(loc=lift, scale=0.3, size=120)
+    scipys = stats.permutation_test(
+        (differences, np.zeros(120)),
+        lambda x, y, axis: np.mean(x - y, axis=axis),
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=RESAMPLES,
+        rng=np.random.default_rng(0),
+    ).pvalue
+    assert randomization_p(differences, np.random.default_rng(SEED)) == pytest.approx(
+        scipys, abs=0.015
+    )
