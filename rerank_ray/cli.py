@@ -129,7 +129,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 def _print_summary(config: RunConfig, metrics: dict, depth: int) -> None:
     from rerank_ray.cross_encoder import SMOKE_WARNING, is_smoke_model
     from rerank_ray.io import exists, read_json
-    from rerank_ray.metrics import DEFAULT_METRICS, depth_note, within_depth
+    from rerank_ray.metrics import depth_note, within_depth
     from rerank_ray.report import (
         depth_table,
         metrics_table,
@@ -157,7 +157,7 @@ def _print_summary(config: RunConfig, metrics: dict, depth: int) -> None:
     if sweep:
         print("\nrerank depth (the rerank's metrics had it reranked only the top d):")
         print(depth_table(sweep))
-    _, deeper = within_depth(DEFAULT_METRICS, depth)
+    _, deeper = within_depth(config.metric_names, depth)
     if deeper:
         print(f"NOTE: {depth_note(deeper, depth)}")
     if config.reranks and is_smoke_model(config.reranker):

@@ -8,6 +8,7 @@ from rerank_ray.bm25 import RETRIEVERS, BM25Options
 from rerank_ray.datasets import DataConfig
 from rerank_ray.embedder import EmbedderOptions
 from rerank_ray.errors import ConfigError
+from rerank_ray.metrics import DEFAULT_METRICS, metric_name, parse_metrics
 from rerank_ray.options import option
 from rerank_ray.rerank import RerankOptions
 
@@ -146,6 +147,15 @@ class RunConfig:
         group="retrieval",
     )
     bm25: BM25Options = field(default_factory=BM25Options)
+    metrics: tuple[str, ...] | None = option(
+        None,
+        "--metrics",
+        "measures to report, in ir_measures' names or ours (e.g. 'nDCG@10 RR@10 R@100 AP@100"
+        " P@10'; default: recall@1,10,100, MRR@1,10, nDCG@10)",
+        type=parse_metrics,
+        metavar="M,…",
+        group="retrieval",
+    )
     candidates: str | None = option(
         None,
         "--candidates",
@@ -194,6 +204,14 @@ class RunConfig:
                 RunConfig,
                 "top_k",
             )
+        if self.metrics is not None:
+            try:
+                names = tuple(dict.fromkeys(metric_name(m) for m in self.metrics))
+            except ValueError as error:
+                raise ConfigError(f"metrics: {error}", RunConfig, "metrics") from None
+            if not names:
+                raise ConfigError("metrics: give at least one measure", RunConfig, "metrics")
+            object.__setattr__(self, "metrics", names)
         if self.retriever not in RETRIEVERS:
             raise ConfigError(
                 f"retriever must be one of {', '.join(RETRIEVERS)}, got {self.retriever!r}",
@@ -222,6 +240,11 @@ class RunConfig:
                     "candidates",
                     supplied,
                 )
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """The measures to report: ``metrics`` or :data:`~rerank_ray.metrics.DEFAULT_METRICS`."""
+        return self.metrics or DEFAULT_METRICS
 
     @property
     def embeds(self) -> bool:

@@ -38,6 +38,7 @@ def evaluate_run(
     note: str | None = None,
     depths: tuple[int, ...] | None = None,
     rerank_cost: dict | None = None,
+    metrics: tuple[str, ...] = DEFAULT_METRICS,
 ) -> tuple[dict, dict]:
     """Metrics of the retrieval (and, with ``rerank_path``, the rerank) rankings.
 
@@ -50,7 +51,7 @@ def evaluate_run(
         The metrics, and the stage's statistics: queries evaluated, queries without a
         relevant passage, metrics not reported for depth, and the rerank's effect per query.
     """
-    names, deeper = within_depth(DEFAULT_METRICS, top_k)
+    names, deeper = within_depth(metrics, top_k)
     qrels = read_qrels(qrels_path)
     rankings = {"retrieval": read_ranking(retrieval_path)}
     if rerank_path:

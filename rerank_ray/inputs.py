@@ -91,7 +91,7 @@ class RunInputs:
                 return None
             return {"reranker": self.model("reranker").fingerprint, **score_options(config.rerank)}
         if stage == "evaluate":
-            return {"rerank_depths": config.rerank.depths}
+            return {"rerank_depths": config.rerank.depths, "metrics": config.metrics}
         return None
 
     def model(self, role: str):

@@ -77,7 +77,50 @@ def ndcg_at_k(ranking: Sequence[str], qrels: Mapping[str, int], k: int) -> float
     return dcg / idcg if idcg > 0 else 0.0
 
 
-METRIC_FUNCTIONS = {"recall": recall_at_k, "mrr": reciprocal_rank_at_k, "ndcg": ndcg_at_k}
+def precision_at_k(ranking: Sequence[str], qrels: Mapping[str, int], k: int) -> float:
+    """Fraction of the top ``k`` that is relevant, over ``k`` even when fewer were ranked
+    (trec_eval's ``P_k``).
+
+    P@k = |relevant ∩ top-k| / k
+
+    Example:
+        >>> precision_at_k(["a", "x", "b"], {"a": 1, "b": 2}, k=4)
+        0.5
+    """
+    relevant = _relevant(qrels)
+    return len(relevant.intersection(ranking[:k])) / k
+
+
+def average_precision_at_k(ranking: Sequence[str], qrels: Mapping[str, int], k: int) -> float:
+    """Mean of the precision at each relevant passage's rank within the top ``k``, over all
+    the query's relevant passages (trec_eval's ``map_cut_k``).
+
+    AP@k = (1 / |relevant|) Σ_{i <= k, p_i relevant} P@i
+
+    Example:
+        >>> average_precision_at_k(["a", "x", "b"], {"a": 1, "b": 1, "c": 1}, k=3)  # (1 + 2/3) / 3
+        0.5555555555555555
+    """
+    relevant = _relevant(qrels)
+    if not relevant:
+        return 0.0
+    found, total = 0, 0.0
+    for rank, pid in enumerate(ranking[:k], start=1):
+        if pid in relevant:
+            found += 1
+            total += found / rank
+    return total / len(relevant)
+
+
+METRIC_FUNCTIONS = {
+    "recall": recall_at_k,
+    "mrr": reciprocal_rank_at_k,
+    "ndcg": ndcg_at_k,
+    "p": precision_at_k,
+    "map": average_precision_at_k,
+}
+#: ir_measures' (and trec_eval's) names of the same measures.
+MEASURE_NAMES = {"r": "recall", "rr": "mrr", "ndcg": "ndcg", "p": "p", "ap": "map"}
 
 
 def parse_metric(name: str) -> tuple[str, int]:
@@ -88,8 +131,34 @@ def parse_metric(name: str) -> tuple[str, int]:
     """
     base, _, cutoff = name.partition("@")
     if base not in METRIC_FUNCTIONS or not cutoff.isdigit() or int(cutoff) < 1:
-        raise ValueError(f"unknown metric {name!r} (use recall@k, mrr@k or ndcg@k)")
+        raise ValueError(
+            f"unknown metric {name!r} (use recall@k, mrr@k, ndcg@k, p@k, map@k, or ir_measures'"
+            " R@k, RR@k, nDCG@k, P@k, AP@k)"
+        )
     return base, int(cutoff)
+
+
+def parse_metrics(text: str) -> tuple[str, ...]:
+    """A comma- or space-separated list of measures, in the project's names.
+
+    Example:
+        >>> parse_metrics("nDCG@10, RR@10 AP@100")
+        ('ndcg@10', 'mrr@10', 'map@100')
+    """
+    return tuple(metric_name(n) for n in text.replace(",", " ").split())
+
+
+def metric_name(name: str) -> str:
+    """The project's name of a measure given in its own or ir_measures' spelling.
+
+    Example:
+        >>> [metric_name(n) for n in ["nDCG@10", "RR@10", "R@100", "AP@1000", "P@10", "mrr@10"]]
+        ['ndcg@10', 'mrr@10', 'recall@100', 'map@1000', 'p@10', 'mrr@10']
+    """
+    base, at, cutoff = name.strip().partition("@")
+    base = MEASURE_NAMES.get(base.lower(), base.lower())
+    parse_metric(f"{base}{at}{cutoff}")
+    return f"{base}{at}{cutoff}"
 
 
 def within_depth(names: Sequence[str], depth: int) -> tuple[list[str], list[str]]:

@@ -380,6 +380,7 @@ class Pipeline:
                 self.run,
                 note=SMOKE_WARNING if reranked and is_smoke_model(self.config.reranker) else None,
                 depths=self.config.rerank.depths,
+                metrics=self.config.metric_names,
                 rerank_cost=rerank_cost(self.manifest),
             )
             result.update(metrics)

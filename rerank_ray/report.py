@@ -6,7 +6,6 @@ import io
 
 from rerank_ray.io import write_bytes, write_text
 from rerank_ray.metrics import (
-    DEFAULT_METRICS,
     depth_note,
     parse_metric,
     reciprocal_rank_at_k,
@@ -30,8 +29,7 @@ def metrics_table(metrics: dict[str, dict[str, float]], significant: set | None 
         |---|---:|---:|
         | retrieval | 0.5000 | 0.7500 |
     """
-    names = [m for m in DEFAULT_METRICS if any(m in v for v in metrics.values())]
-    names += sorted({m for v in metrics.values() for m in v} - set(names))
+    names = list(dict.fromkeys(m for values in metrics.values() for m in values))
     lines = [
         "| stage | " + " | ".join(names) + " |",
         "|---|" + "---:|" * len(names),

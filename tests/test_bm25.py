@@ -114,11 +114,15 @@ def _pytrec(retrieval_path, qrels_path) -> dict:
     run: dict = {}
     for row in pq.read_table(retrieval_path).to_pylist():
         run.setdefault(row["qid"], {})[row["pid"]] = 1000.0 - row["rank"]
-    values = pytrec_eval.RelevanceEvaluator(qrels, {"recall.10", "ndcg_cut.10"}).evaluate(run)
-    return {
-        "recall@10": sum(v["recall_10"] for v in values.values()) / len(values),
-        "ndcg@10": sum(v["ndcg_cut_10"] for v in values.values()) / len(values),
+    measures = {"recall.10", "ndcg_cut.10", "map_cut.10", "P.5"}
+    values = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)
+    keys = {
+        "recall@10": "recall_10",
+        "ndcg@10": "ndcg_cut_10",
+        "map@10": "map_cut_10",
+        "p@5": "P_5",
     }
+    return {name: sum(v[key] for v in values.values()) / len(values) for name, key in keys.items()}
 
 
 def test_a_bm25_run_needs_no_embedder_and_its_ranking_is_bm25s(ray_session, msmarco, tmp_path):
@@ -128,7 +132,7 @@ def test_a_bm25_run_needs_no_embedder_and_its_ranking_is_bm25s(ray_session, msma
     code = main(
         ["run", "--dataset", str(msmarco / "dev.jsonl"), "--corpus-rows", "60", "--num-queries",
          "8", "--retriever", "bm25", "--embedder", "/no/such/embedder", "--reranker", "none",
-         "--top-k", "10", "--out", str(out), "-q"]
+         "--top-k", "10", "--metrics", "R@10 nDCG@10 AP@10 P@5", "--out", str(out), "-q"]
     )  # fmt: skip
     assert code == 0
     expected = bm25_search(
@@ -143,6 +147,7 @@ def test_a_bm25_run_needs_no_embedder_and_its_ranking_is_bm25s(ray_session, msma
     assert manifest["stages"]["retrieve"]["retriever"] == "bm25"
     metrics = json.loads((out / "metrics.json").read_text())["retrieval"]
     reference = _pytrec(out / "retrieval.parquet", out / "data" / "qrels.parquet")
+    assert list(metrics) == ["recall@10", "ndcg@10", "map@10", "p@5"]  # as asked, in that order
     for name, value in reference.items():
         assert metrics[name] == pytest.approx(value, abs=1e-12)
 

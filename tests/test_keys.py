@@ -91,6 +91,7 @@ CHANGES = [
     ("rerank max_length", lambda c: dataclasses.replace(c, rerank=dataclasses.replace(c.rerank, max_length=64)), "rerank"),
     ("rerank top_k", lambda c: dataclasses.replace(c, rerank=dataclasses.replace(c.rerank, top_k=4)), "rerank"),
     ("rerank depths", lambda c: dataclasses.replace(c, rerank=dataclasses.replace(c.rerank, depths=(1, 2))), "evaluate"),
+    ("metrics", lambda c: dataclasses.replace(c, metrics=("p@5",)), "evaluate"),
 ]  # fmt: skip
 
 #: Options that change speed or placement only: no key may change.

@@ -54,7 +54,7 @@ def test_evaluate_excludes_queries_without_relevant_and_scores_missing_rankings_
 
 def test_parse_metric_rejects_unknown_names():
     assert parse_metric("ndcg@10") == ("ndcg", 10)
-    for bad in ("map@10", "recall", "recall@0", "recall@x"):
+    for bad in ("judged@10", "recall", "recall@0", "recall@x"):
         with pytest.raises(ValueError):
             parse_metric(bad)
 
@@ -179,3 +179,35 @@ def test_the_plots_recall_curve_is_recall_at_every_k():
         assert curve[k - 1] == pytest.approx(
             evaluate(rankings, qrels, [f"recall@{k}"]).metrics[f"recall@{k}"]
         )
+
+
+def test_precision_and_average_precision_equal_pytrec_eval_and_ir_measures_names_parse():
+    """P@k and AP@k (trec_eval's P_k and map_cut_k) on random graded rankings, queries
+    without relevant passages and unranked queries included; ir_measures' names map to ours."""
+    import random
+
+    from rerank_ray.metrics import evaluate, parse_metrics
+
+    rng = random.Random(8)
+    pids = [f"p{i}" for i in range(50)]
+    qrels = {f"q{i}": {p: rng.choice([0, 1, 2]) for p in rng.sample(pids, 6)} for i in range(40)}
+    qrels["q_none"] = {"p3": 0}
+    run = {
+        q: {p: float(100 - r) for r, p in enumerate(rng.sample(pids, 30))} for q in list(qrels)[:-4]
+    }
+    rankings = {q: sorted(docs, key=lambda p: -docs[p]) for q, docs in run.items()}
+    names = parse_metrics("P@5, AP@20 P@40 AP@100")
+    assert names == ("p@5", "map@20", "p@40", "map@100")
+    got = evaluate(rankings, qrels, names).metrics
+    judged = {q: j for q, j in qrels.items() if any(v >= 1 for v in j.values())}
+    full = pytrec_eval.RelevanceEvaluator(judged, {"P.5,40", "map_cut.20,100"}).evaluate(run)
+    for name, key in (
+        ("p@5", "P_5"),
+        ("p@40", "P_40"),
+        ("map@20", "map_cut_20"),
+        ("map@100", "map_cut_100"),
+    ):
+        expected = sum(full[q][key] if q in full else 0.0 for q in judged) / len(judged)
+        assert got[name] == pytest.approx(expected, abs=1e-12), name
+    with pytest.raises(ValueError, match="unknown metric"):
+        parse_metrics("MAP@10 Judged@10")

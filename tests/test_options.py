@@ -35,7 +35,7 @@ FLAGS = {
     "--rerank-top-k": "rerank.top_k", "--reranker-max-length": "rerank.max_length",
     "--reranker-batch-size": "rerank.batch_size", "--rerank-depths": "rerank.depths",
     "--top-k": "top_k", "--out": "out", "--candidates": "candidates",
-    "--retriever": "retriever", "--bm25-k1": "bm25.k1", "--bm25-b": "bm25.b", "--rrf-k": "bm25.rrf_k",
+    "--retriever": "retriever", "--metrics": "metrics", "--bm25-k1": "bm25.k1", "--bm25-b": "bm25.b", "--rrf-k": "bm25.rrf_k",
     "--address": "compute.address", "--device": "compute.device",
     "--num-actors": "compute.num_actors", "--max-actors": "compute.max_actors",
     "--num-gpus-per-actor": "compute.num_gpus_per_actor",
@@ -62,6 +62,8 @@ def _other_value(path: str, spec):
         return 3, ["3"]
     if path == "rerank.depths":
         return (2, 5), ["5,2"]
+    if path == "metrics":
+        return ("ndcg@10", "map@100"), ["nDCG@10,AP@100"]
     if spec.type is float:
         return 0.5, ["0.5"]
     return "somewhere", ["somewhere"]
