@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+from rerank_ray.beir import beir_files
 from rerank_ray.config import RunConfig
 from rerank_ray.errors import ConfigError
 from rerank_ray.formats import is_local_source
@@ -104,6 +105,8 @@ class RunInputs:
     def source_hashes(self) -> dict:
         data = self.config.data
         sources = (data.dataset, data.corpus, data.queries, data.qrels)
+        if data.beir is not None:
+            sources = beir_files(data.beir, data.beir_split)
         return {
             path: self.content_hash(path) if is_local_source(path) else "hub"
             for path in sources
