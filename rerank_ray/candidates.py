@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from rerank_ray.beir import beir_files
 from rerank_ray.datasets import DataConfig, PreparedData
 from rerank_ray.errors import DataError
 from rerank_ray.formats import check_file
@@ -196,6 +197,8 @@ def check_known_ids(candidates: Candidates, prepared: PreparedData, data: DataCo
     table = candidates.table
     corpus_name = data.corpus or f"the corpus (positives of {data.dataset})"
     queries_name = data.queries or f"the queries of {data.dataset}"
+    if data.beir is not None:
+        corpus_name, queries_name, _ = beir_files(data.beir, data.beir_split)
     queries = pa.concat_arrays(
         [b.column("qid") for b in iter_parquet_batches(prepared.queries_path, columns=["qid"])]
     )

@@ -3,20 +3,24 @@ that match the wanted positives or judged pids.
 
 :func:`check_corpus` is one pass over the table (a broadcast join and a sort by pid), so
 neither the matching nor the duplicate-id check holds the corpus's ids in the driver.
-:mod:`rerank_ray.datasets` calls it on each separate corpus it prepares.
+:func:`write_checked_corpus` streams a source's rows into the corpus table and checks it:
+:mod:`rerank_ray.datasets` and :mod:`rerank_ray.beir` call it on each separate corpus they
+prepare.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
 
+from rerank_ray.errors import DataError
 from rerank_ray.parquet import read_dataset
 from rerank_ray.raydata import iter_sorted_groups
-from rerank_ray.tables import WRITE_BATCH_ROWS
+from rerank_ray.tables import WRITE_BATCH_ROWS, TableWriter
 
 log = logging.getLogger("rerank_ray")
 
@@ -90,6 +94,56 @@ def check_corpus(path: str, rows: int, wanted: list[str], match_on: str) -> Corp
     for pids in matches.values():
         pids.sort()
     return CorpusCheck(conflicting, repeated, matches)
+
+
+#: ``(where, pid, text)`` of each row of a corpus source; each call reads the source afresh.
+CorpusRows = Callable[[], Iterator[tuple[str, str, str]]]
+
+
+def write_checked_corpus(
+    corpus: TableWriter, rows: CorpusRows, name: str, wanted: list[str], match_on: str
+) -> dict[int, list[str]]:
+    """Stream ``rows()`` into ``corpus``, check its ids, and find the ``wanted`` passages.
+
+    Args:
+        corpus: The corpus table's writer.
+        rows: The source's rows; read a second time only to name a conflicting row.
+        name: The source as the user gave it, for messages.
+        wanted: As :func:`check_corpus`'s.
+        match_on: As :func:`check_corpus`'s.
+
+    Returns:
+        ``{index in wanted: [pid, ...]}`` for each wanted value found.
+
+    Raises:
+        DataError: a pid that appears twice with different texts, naming the second row.
+            Exact duplicate rows are dropped (the first is kept).
+    """
+    for _where, pid, text in rows():
+        corpus.add(pid, text)
+    if corpus.rows == 0:
+        return {}
+    check = check_corpus(corpus.finish(), corpus.rows, wanted, match_on)
+    if check.conflicting:
+        raise DataError(_first_conflict(rows, name, check.conflicting))
+    if check.repeated:
+        corpus.keep_first_of(check.repeated)
+    return check.matches
+
+
+def _first_conflict(rows: CorpusRows, name: str, pids: set[str]) -> str:
+    """The message for the first row that repeats one of ``pids`` with another text.
+
+    Only runs when :func:`check_corpus` found such pids; it re-reads the source sequentially
+    to name the row, holding only those pids.
+    """
+    first_digest: dict[str, bytes] = {}
+    for where, pid, text in rows():
+        if pid in pids:
+            digest = text_digest(text)
+            if first_digest.setdefault(pid, digest) != digest:
+                return f"{where}: pid {pid} appears twice with different texts"
+    return f"{name}: pids {', '.join(sorted(pids))} appear twice with different texts"
 
 
 def _rows_of_interest(block: pa.Table) -> pa.Table:

@@ -5,7 +5,7 @@ read, so preparing data never holds a whole corpus in memory. Bad input raises
 :class:`DataError` with a one-line message naming the file and the row, before any model is
 loaded.
 
-Two source layouts are understood:
+Three source layouts are understood:
 
 * the schema of the Hugging Face dataset ``namespace-Pt/msmarco`` (``query: str``,
   ``positive: list[str]``), from the Hub or a local ``.jsonl`` / ``.json`` / ``.parquet``
@@ -15,14 +15,16 @@ Two source layouts are understood:
   (``qid\\ttext``) and TREC qrels (``qid 0 pid rel``). The corpus may also be a
   Parquet / JSONL / Hub table (text column ``text``, ``content`` or ``passage``; without an
   id column, each passage's id is :func:`rerank_ray.formats.passage_id` of its text),
-  combined with ``--dataset`` whose positives are then matched into it by exact text.
+  combined with ``--dataset`` whose positives are then matched into it by exact text;
+* a BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``), read by
+  :mod:`rerank_ray.beir`.
 
 A separate corpus table is written as it streams, then checked by
 :func:`rerank_ray.corpus_check.check_corpus`, a Ray Data job (broadcast join with the
 positives or judged pids, sort by pid), so neither the matching nor the duplicate-id check
 holds the corpus's ids in the driver.
 
-This module holds the configuration and the two layouts; the source formats are read by
+This module holds the configuration and the first two layouts; the source formats are read by
 :mod:`rerank_ray.formats`, the tables are written by :mod:`rerank_ray.tables`, and the
 corpus is checked by :mod:`rerank_ray.corpus_check`.
 
@@ -38,12 +40,12 @@ Example::
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
 
-from rerank_ray.corpus_check import check_corpus, text_digest
+from rerank_ray.corpus_check import CorpusRows, write_checked_corpus
 from rerank_ray.errors import ConfigError, DataError
 from rerank_ray.formats import (
     check_file,
@@ -54,13 +56,7 @@ from rerank_ray.formats import (
 )
 from rerank_ray.io import absolute, makedirs
 from rerank_ray.options import option
-from rerank_ray.tables import (
-    ID_COLUMNS,
-    TEXT_COLUMNS,
-    TableWriter,
-    iter_table,
-    table_writers,
-)
+from rerank_ray.tables import ID_COLUMNS, TEXT_COLUMNS, iter_table, table_writers
 
 
 @dataclass(frozen=True)
@@ -70,7 +66,8 @@ class DataConfig:
     Args:
         dataset: A ``namespace-Pt/msmarco``-schema source: a Hub name or a local
             ``.jsonl`` / ``.json`` / ``.parquet`` file.
-        split: The split of a Hub dataset.
+        split: The split of a Hub dataset (``None``: ``dev``) or of a BEIR folder's qrels
+            (``None``: ``test``).
         corpus_rows: The corpus is the unique positives of the first ``corpus_rows`` rows of
             ``dataset`` (all rows when ``None``). Ignored when ``corpus`` is given.
         num_queries: The first ``num_queries`` rows of ``dataset`` are the queries (all rows
@@ -78,6 +75,7 @@ class DataConfig:
         corpus: A corpus table: MS MARCO ``collection.tsv``, Parquet, JSONL or a Hub name.
         queries: MS MARCO ``queries.tsv`` (or a Parquet / JSONL table with ``qid``, ``text``).
         qrels: TREC qrels (``qid 0 pid rel``).
+        beir: A BEIR folder (:mod:`rerank_ray.beir`); excludes the other sources.
     """
 
     dataset: str | None = option(
@@ -87,7 +85,11 @@ class DataConfig:
         metavar="SRC",
         path=True,
     )
-    split: str = option("dev", "--split", "split of a Hub dataset")
+    split: str | None = option(
+        None,
+        "--split",
+        "split of a Hub dataset (default: dev) or of BEIR qrels (default: test)",
+    )
     corpus_rows: int | None = option(
         None,
         "--corpus-rows",
@@ -111,6 +113,24 @@ class DataConfig:
     qrels: str | None = option(
         None, "--qrels", "TREC qrels: qid 0 pid relevance", metavar="SRC", path=True
     )
+    beir: str | None = option(
+        None,
+        "--beir",
+        "BEIR folder: corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv",
+        metavar="DIR",
+        path=True,
+    )
+
+    @property
+    def hub_split(self) -> str:
+        """The split of a Hub source: ``split``, else ``dev``."""
+        return "dev" if self.split is None else self.split
+
+    @property
+    def beir_split(self) -> str:
+        """The split of a BEIR folder's qrels: ``split``, else ``test`` (the default of BEIR's
+        ``GenericDataLoader.load``)."""
+        return "test" if self.split is None else self.split
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` when the combination of sources makes no sense, and
@@ -119,6 +139,11 @@ class DataConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be at least 1, got {value}", DataConfig, name)
+        if self.beir is not None:
+            from rerank_ray.beir import validate_beir  # it builds on this module
+
+            validate_beir(self)
+            return
         if self.dataset is None:
             missing = [n for n in ("corpus", "queries", "qrels") if getattr(self, n) is None]
             if missing:
@@ -225,7 +250,7 @@ def _iter_query_rows(config: DataConfig) -> Iterator[tuple[int, str, str, list[s
     """Yield ``(row_index, where, query, positives)`` from a namespace-Pt-schema dataset."""
     # Without a separate corpus, queries are a prefix of the corpus rows (validated).
     limit = config.num_queries if config.corpus is not None else config.corpus_rows
-    for index, (where, record) in enumerate(iter_records(config.dataset, config.split)):
+    for index, (where, record) in enumerate(iter_records(config.dataset, config.hub_split)):
         if limit is not None and index >= limit:
             return
         query = _field(record, "query", where, str)
@@ -299,7 +324,8 @@ def _dataset_against_corpus(config, corpus, queries, qrels) -> None:
         raise DataError(f"{config.dataset}: no rows")
     _check_shortfall(config, rows)
     wanted = list(qids_by_text)
-    matches = _write_checked_corpus(corpus, config.corpus, config.split, wanted, "text")
+    passages = _corpus_rows(config.corpus, config.hub_split)
+    matches = write_checked_corpus(corpus, passages, config.corpus, wanted, "text")
     if len(matches) < len(wanted):
         raise DataError(
             f"{config.corpus}: {len(wanted) - len(matches)} of {len(wanted)} positives of"
@@ -318,43 +344,9 @@ def _stripped(texts: list[str]) -> list[str]:
     return pc.utf8_trim_whitespace(pa.array(texts, pa.string())).to_pylist()
 
 
-def _write_checked_corpus(
-    corpus: TableWriter, source: str, split: str, wanted: list[str], match_on: str
-) -> dict[int, list[str]]:
-    """Stream ``source`` into ``corpus``, check its ids, and find the ``wanted`` passages.
-
-    Returns:
-        ``{index in wanted: [pid, ...]}`` for each wanted value found.
-
-    Raises:
-        DataError: a pid that appears twice with different texts, naming the second row.
-            Exact duplicate rows are dropped (the first is kept).
-    """
-    for _where, pid, text in iter_table(source, split, ID_COLUMNS, TEXT_COLUMNS, True):
-        corpus.add(pid, text)
-    if corpus.rows == 0:
-        return {}
-    check = check_corpus(corpus.finish(), corpus.rows, wanted, match_on)
-    if check.conflicting:
-        raise DataError(_first_conflict(source, split, check.conflicting))
-    if check.repeated:
-        corpus.keep_first_of(check.repeated)
-    return check.matches
-
-
-def _first_conflict(source: str, split: str, pids: set[str]) -> str:
-    """The message for the first row that repeats one of ``pids`` with another text.
-
-    Only runs when :func:`check_corpus` found such pids; it re-reads the source sequentially
-    to name the row, holding only those pids.
-    """
-    first_digest: dict[str, bytes] = {}
-    for where, pid, text in iter_table(source, split, ID_COLUMNS, TEXT_COLUMNS, True):
-        if pid in pids:
-            digest = text_digest(text)
-            if first_digest.setdefault(pid, digest) != digest:
-                return f"{where}: pid {pid} appears twice with different texts"
-    return f"{source}: pids {', '.join(sorted(pids))} appear twice with different texts"
+def _corpus_rows(source: str, split: str) -> CorpusRows:
+    """The rows of a corpus table, read afresh at each call."""
+    return lambda: iter_table(source, split, ID_COLUMNS, TEXT_COLUMNS, True)
 
 
 def _prepare_from_tables(config: DataConfig, out_dir: str) -> PreparedData:
@@ -362,39 +354,52 @@ def _prepare_from_tables(config: DataConfig, out_dir: str) -> PreparedData:
     with table_writers(out_dir) as (corpus, queries, qrels):
         query_ids: set[str] = set()
         query_names = ("qid", "id", "_id", "query_id")
-        for where, qid, text in iter_table(config.queries, config.split, query_names, TEXT_COLUMNS):
+        split = config.hub_split
+        for where, qid, text in iter_table(config.queries, split, query_names, TEXT_COLUMNS):
             if qid in query_ids:
                 raise DataError(f"{where}: qid {qid} appears twice")
             query_ids.add(qid)
             queries.add(qid, text)
-        judged = _read_judgements(config.qrels, config.queries, query_ids)
-        judged_pids = sorted({pid for _, _, pid, _ in judged})
-        matches = _write_checked_corpus(corpus, config.corpus, config.split, judged_pids, "pid")
-        found = {judged_pids[index] for index in matches}
-        for line_number, qid, pid, relevance in judged:
-            if pid not in found:
-                raise DataError(
-                    f"{config.qrels}, line {line_number}: pid {pid} is not in {config.corpus}"
-                )
-            qrels.add(qid, pid, relevance)
+        judged = read_judgements(
+            config.qrels, iter_trec_qrels(config.qrels), config.queries, query_ids
+        )
+        rows = _corpus_rows(config.corpus, split)
+        write_judged(corpus, qrels, rows, config.corpus, config.qrels, judged)
     return PreparedData.from_writers(corpus, queries, qrels)
 
 
-def _read_judgements(
-    path: str, queries_path: str, query_ids: set[str]
-) -> list[tuple[int, str, str, int]]:
-    """The judgements of a TREC qrels file, one per ``(qid, pid)``, in file order.
+def write_judged(corpus, qrels, rows: CorpusRows, corpus_name: str, qrels_path: str, judged):
+    """Stream ``rows()`` into the checked ``corpus`` table, then the ``judged`` lines (from
+    :func:`read_judgements`) into ``qrels``; a judged pid that is not in the corpus is refused,
+    naming its line."""
+    judged_pids = sorted({pid for _, _, pid, _ in judged})
+    matches = write_checked_corpus(corpus, rows, corpus_name, judged_pids, "pid")
+    found = {judged_pids[index] for index in matches}
+    for line_number, qid, pid, relevance in judged:
+        if pid not in found:
+            raise DataError(f"{qrels_path}, line {line_number}: pid {pid} is not in {corpus_name}")
+        qrels.add(qid, pid, relevance)
 
-    A line that repeats an earlier ``(qid, pid)`` with the same relevance is dropped; with
-    another relevance it is refused, as is a qid that is not in the queries.
+
+def read_judgements(
+    path: str,
+    lines: Iterable[tuple[int, str, str, int]],
+    queries_path: str | None = None,
+    query_ids: set[str] | None = None,
+) -> list[tuple[int, str, str, int]]:
+    """The judgements of a qrels file, one per ``(qid, pid)``, in file order.
+
+    ``lines`` are ``(line_number, qid, pid, relevance)`` as the file's reader yields them. A
+    line that repeats an earlier ``(qid, pid)`` with the same relevance is dropped; with
+    another relevance it is refused, as is, when ``query_ids`` is given, a qid not in them.
 
     Raises:
         DataError: naming the file and line (and the earlier line of a conflict).
     """
     first: dict[tuple[str, str], tuple[int, int]] = {}
     judged: list[tuple[int, str, str, int]] = []
-    for line_number, qid, pid, relevance in iter_trec_qrels(path):
-        if qid not in query_ids:
+    for line_number, qid, pid, relevance in lines:
+        if query_ids is not None and qid not in query_ids:
             raise DataError(f"{path}, line {line_number}: qid {qid} is not in {queries_path}")
         earlier = first.setdefault((qid, pid), (line_number, relevance))
         if earlier[0] != line_number:
@@ -428,6 +433,10 @@ def prepare_data(config: DataConfig, out_dir: str | os.PathLike) -> PreparedData
     config.validate()
     out = absolute(out_dir)
     makedirs(out)
+    if config.beir is not None:
+        from rerank_ray.beir import prepare_beir  # it builds on this module
+
+        return prepare_beir(config, out)
     if config.dataset is not None:
         prepared = _prepare_from_dataset(config, out)
     else:

@@ -1,5 +1,5 @@
-"""Reading the sources, format by format: JSONL, JSON, Parquet, the Hugging Face Hub, TSV
-and TREC qrels.
+"""Reading the sources, format by format: JSONL, JSON, Parquet, the Hugging Face Hub, TSV,
+TREC qrels and BEIR qrels.
 
 Every reader streams (line by line, row group by row group, or from the Hub's streaming
 mode) and names the file and row of bad input in a one-line :class:`DataError`. What the
@@ -207,3 +207,62 @@ def iter_trec_qrels(path: str) -> Iterator[tuple[int, str, str, int]]:
                     f"{path}, line {line_number}: relevance {fields[3]!r} is not an integer"
                 ) from None
             yield line_number, fields[0], fields[2], relevance
+
+
+#: The header line of a BEIR qrels file.
+BEIR_QRELS_HEADER = ("query-id", "corpus-id", "score")
+
+
+def iter_beir_qrels(path: str) -> Iterator[tuple[int, str, str, int]]:
+    """Yield ``(line_number, qid, pid, relevance)`` from BEIR qrels (``qrels/<split>.tsv``).
+
+    The first line is a header (``query-id``, ``corpus-id``, ``score``): BEIR's loader skips it
+    unread, so a first line that is a judgement is refused rather than lost. Every other line
+    has three tab-separated fields, the score an integer (graded; 0 is a judged non-relevant
+    passage). Ids are taken as written. Blank lines, CRLF line ends and a byte-order mark at
+    the start of the file are not data.
+
+    Example:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "test.tsv")
+        >>> _ = open(path, "w").write("query-id\\tcorpus-id\\tscore\\nq1\\td7\\t2\\nq1\\td8\\t0\\n")
+        >>> list(iter_beir_qrels(path))
+        [(2, 'q1', 'd7', 2), (3, 'q1', 'd8', 0)]
+    """
+    check_file(path)
+    header_seen = False
+    with open_binary(path) as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            line = decode_line(raw, path, line_number).rstrip("\r\n")
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            if len(fields) != 3:
+                raise DataError(
+                    f"{path}, line {line_number}: expected 3 tab-separated fields"
+                    f" ({', '.join(BEIR_QRELS_HEADER)}), got {len(fields)}"
+                )
+            score = _integer(fields[2])
+            if not header_seen:
+                header_seen = True
+                if score is not None:
+                    raise DataError(
+                        f"{path}, line {line_number}: expected the header line"
+                        f" ({', '.join(BEIR_QRELS_HEADER)}), got a judgement"
+                    )
+                continue
+            for name, value in zip(BEIR_QRELS_HEADER, fields):
+                if not value.strip():
+                    raise DataError(f"{path}, line {line_number}: empty {name}")
+            if score is None:
+                raise DataError(
+                    f"{path}, line {line_number}: score {fields[2]!r} is not an integer"
+                )
+            yield line_number, fields[0], fields[1], score
+
+
+def _integer(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None

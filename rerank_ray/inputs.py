@@ -13,6 +13,7 @@ import platform
 from dataclasses import asdict
 from importlib import metadata
 
+from rerank_ray.beir import beir_files
 from rerank_ray.config import RunConfig
 from rerank_ray.errors import ConfigError
 from rerank_ray.formats import is_local_source
@@ -123,6 +124,8 @@ class RunInputs:
     def source_hashes(self) -> dict:
         data = self.config.data
         sources = (data.dataset, data.corpus, data.queries, data.qrels)
+        if data.beir is not None:
+            sources = beir_files(data.beir, data.beir_split)
         return {
             path: self.content_hash(path) if is_local_source(path) else "hub"
             for path in sources

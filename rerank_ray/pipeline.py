@@ -171,7 +171,7 @@ class Pipeline:
         :func:`rerank_ray.corpus_check.check_corpus`.
         """
         self.config.data.validate()  # sources checked before Ray starts
-        if self.config.data.corpus is not None:
+        if self.config.data.corpus is not None or self.config.data.beir is not None:
             connect_ray(self.config.compute.address)
 
         def work() -> dict:

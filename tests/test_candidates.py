@@ -155,6 +155,9 @@ def test_candidates_outside_the_queries_or_the_corpus(tmp_path, prepared, monkey
     dataset = DataConfig(dataset="dev.jsonl")
     with pytest.raises(DataError, match=r"line 4: pid p9 is not in the corpus \(positives of"):
         check_known_ids(read_candidates(path), prepared, dataset)
+    beir = DataConfig(beir="scifact")
+    with pytest.raises(DataError, match=r"line 4: pid p9 is not in scifact/corpus.jsonl$"):
+        check_known_ids(read_candidates(path), prepared, beir)
 
 
 def test_candidates_on_an_object_store(s3_bucket, tmp_path):

@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 FLAGS = {
     "--dataset": "data.dataset", "--split": "data.split", "--corpus-rows": "data.corpus_rows",
     "--num-queries": "data.num_queries", "--corpus": "data.corpus", "--queries": "data.queries",
-    "--qrels": "data.qrels", "--embedder": "embedder", "--pooling": "embedding.pooling",
+    "--qrels": "data.qrels", "--beir": "data.beir", "--embedder": "embedder",
+    "--pooling": "embedding.pooling",
     "--query-max-length": "embedding.query_max_length",
     "--passage-max-length": "embedding.passage_max_length",
     "--query-instruction": "embedding.query_instruction", "--no-normalize": "embedding.normalize",
@@ -97,8 +98,9 @@ def test_run_is_an_alias_of_out_and_help_shows_defaults(tmp_path, capsys):
 
 def test_path_flags_are_the_options_that_name_files_or_models():
     assert path_flags(RunConfig) == {
-        "--dataset", "--corpus", "--queries", "--qrels", "--out", "--run", "--corpus-embeddings",
-        "--query-embeddings", "--cache-dir", "--embedder", "--reranker", "--candidates",
+        "--dataset", "--corpus", "--queries", "--qrels", "--beir", "--out", "--run",
+        "--corpus-embeddings", "--query-embeddings", "--cache-dir", "--embedder", "--reranker",
+        "--candidates",
     }  # fmt: skip
 
 
