@@ -71,16 +71,21 @@ def tokenize(texts: list[str]):
     )
 
 
-def bm25_search(corpus_path: str, queries_path: str, k: int, options: BM25Options) -> pa.Table:
-    """Each query's top ``k`` passages by BM25 as ``qid, pid, rank, score``."""
+def build_index(corpus_path: str, options: BM25Options):
+    """The bm25s index of the corpus table and its pids, in index order."""
     import bm25s
 
     corpus = read_table(corpus_path, columns=["pid", "text"])
-    queries = read_table(queries_path, columns=["qid", "text"])
-    pids = np.asarray(corpus.column("pid").to_pylist(), dtype=object)
+    pids = corpus.column("pid").to_pylist()
     retriever = bm25s.BM25(k1=options.k1, b=options.b, method="lucene")
     retriever.index(tokenize(corpus.column("text").to_pylist()), show_progress=False)
-    del corpus
+    return retriever, pids
+
+
+def search_index(retriever, pids: list[str], queries_path: str, k: int) -> pa.Table:
+    """Each query's top ``k`` passages of the index as ``qid, pid, rank, score``."""
+    queries = read_table(queries_path, columns=["qid", "text"])
+    pids = np.asarray(pids, dtype=object)
     depth = min(k, len(pids))
     query_tokens = tokenize(queries.column("text").to_pylist())
     documents, scores = retriever.retrieve(query_tokens, k=depth, show_progress=False)
@@ -100,6 +105,53 @@ def bm25_search(corpus_path: str, queries_path: str, k: int, options: BM25Option
         ],
         schema=RETRIEVAL_SCHEMA,
     )
+
+
+def bm25_search(corpus_path: str, queries_path: str, k: int, options: BM25Options) -> pa.Table:
+    """Each query's top ``k`` passages by BM25 as ``qid, pid, rank, score``."""
+    return search_index(*build_index(corpus_path, options), queries_path, k)
+
+
+def index_key(corpus_hash: str, options: BM25Options) -> str:
+    """The cache key of an index: the corpus's content, k1, b, the library and tokenization."""
+    from rerank_ray.keys import digest
+
+    payload = {"corpus": corpus_hash, "k1": options.k1, "b": options.b, "index": index_version()}
+    return digest(payload)
+
+
+def cached_index(cache_root: str | None, corpus_hash: str, corpus_path: str, options):
+    """``(retriever, pids, how)``: the index from the cache under ``cache_root`` (a local
+    folder) when an entry verifies, else built and stored there; ``how`` says which."""
+    import os
+    import shutil
+    import tempfile
+
+    import bm25s
+
+    from rerank_ray.cache import EmbeddingCache
+    from rerank_ray.io import is_uri
+    from rerank_ray.parquet import write_table
+
+    if not cache_root or not corpus_hash or is_uri(cache_root):
+        return (*build_index(corpus_path, options), "built, not cached")
+    cache = EmbeddingCache(cache_root, kind="bm25")
+    key = index_key(corpus_hash, options)
+    entry = cache.lookup(key, None)
+    if entry is not None:
+        pids = read_table(os.path.join(entry, "pids.parquet")).column("pid").to_pylist()
+        return bm25s.BM25.load(entry, mmap=True), pids, f"from the cache {entry}"
+    retriever, pids = build_index(corpus_path, options)
+    staging = tempfile.mkdtemp(prefix="rerank-ray-bm25-")
+    try:
+        retriever.save(staging)
+        write_table(
+            pa.table({"pid": pa.array(pids, pa.string())}), os.path.join(staging, "pids.parquet")
+        )
+        stored = cache.store(key, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return retriever, pids, f"built, cached at {stored}" if stored else "built, not cached"
 
 
 def reciprocal_rank_fusion(rankings: list[pa.Table], k: int, rrf_k: int) -> pa.Table:
@@ -157,29 +209,40 @@ def bm25_retrieval(
     k: int,
     options: BM25Options,
     dense_path: str | None = None,
+    cache_root: str | None = None,
+    corpus_hash: str = "",
 ) -> dict:
     """BM25's top ``k`` per query written to ``out_path`` (``retrieval.parquet``), fused by
     reciprocal rank with the dense ranking at ``dense_path`` when given (hybrid).
 
-    Runs as one Ray task, which holds the index; the driver holds nothing of the corpus.
+    Runs as one Ray task, which holds the index; the driver holds nothing of the corpus. The
+    index is reused from, or stored in, the cache under ``cache_root`` (on the task's node;
+    keyed by ``corpus_hash`` and the BM25 options: :func:`cached_index`).
     Returns the stage's statistics.
     """
     import ray
 
     task = ray.remote(num_cpus=1, max_retries=1)(_bm25_in_task)
-    return ray.get(task.remote(corpus_path, queries_path, out_path, k, options, dense_path))
+    return ray.get(
+        task.remote(
+            corpus_path, queries_path, out_path, k, options, dense_path, cache_root, corpus_hash
+        )
+    )
 
 
-def _bm25_in_task(corpus_path, queries_path, out_path, k, options, dense_path) -> dict:
-    """The task's body: rank, fuse, publish ``out_path`` whole."""
+def _bm25_in_task(
+    corpus_path, queries_path, out_path, k, options, dense_path, cache_root, corpus_hash
+) -> dict:
+    """The task's body: index (cached), rank, fuse, publish ``out_path`` whole."""
     import time
 
     from rerank_ray.io import atomic_path
     from rerank_ray.parquet import write_table
 
     started = time.perf_counter()
-    ranking = bm25_search(corpus_path, queries_path, k, options)
-    stats = {"bm25_seconds": round(time.perf_counter() - started, 3)}
+    retriever, pids, how = cached_index(cache_root, corpus_hash, corpus_path, options)
+    ranking = search_index(retriever, pids, queries_path, k)
+    stats = {"bm25_seconds": round(time.perf_counter() - started, 3), "index": how}
     if dense_path is not None:
         dense = read_table(dense_path, columns=["qid", "pid", "rank", "score"])
         ranking = reciprocal_rank_fusion([dense, ranking], k, options.rrf_k)

@@ -59,7 +59,9 @@ def embedding_key(fingerprint: str, options: dict, role: str, content_hash: str,
 
 
 class EmbeddingCache:
-    """Embedding directories under ``root/embeddings/<key>/``, each published atomically.
+    """Embedding directories under ``root/embeddings/<key>/`` (other kinds of content-keyed
+    directories, such as BM25 indexes, under ``root/<kind>/<key>/``), each published
+    atomically.
 
     ``root`` is a local directory (the driver's disk: ``--cache-dir`` also holds built
     models). Entries are copied in from, and out to, run directories on any filesystem of
@@ -70,8 +72,8 @@ class EmbeddingCache:
     and the row count its reader expects. A bad entry is removed and its vectors recomputed.
     """
 
-    def __init__(self, root: str):
-        self.root = join(root, "embeddings")
+    def __init__(self, root: str, kind: str = "embeddings"):
+        self.root = join(root, kind)
 
     @classmethod
     def usable(cls, root: str) -> EmbeddingCache | None:

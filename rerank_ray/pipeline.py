@@ -273,6 +273,7 @@ class Pipeline:
         with the dense one for ``hybrid``."""
         from rerank_ray.bm25 import bm25_retrieval
         from rerank_ray.io import temporary_sibling
+        from rerank_ray.models import default_cache_dir
         from rerank_ray.search import exact_search
 
         config = self.config
@@ -283,6 +284,7 @@ class Pipeline:
         prepared = self._prepared()
         connect_ray(config.compute.address)
         out, top_k = self.run.retrieval_path, config.top_k
+        cache_root = (config.cache_dir or default_cache_dir()) if config.use_cache else None
 
         def work() -> dict:
             stats: dict = {"retriever": config.retriever, "top_k": top_k}
@@ -298,7 +300,14 @@ class Pipeline:
                     )
                     stats["dense"] = dense_stats.to_dict()
                 found = bm25_retrieval(
-                    prepared.corpus_path, prepared.queries_path, out, top_k, config.bm25, dense
+                    prepared.corpus_path,
+                    prepared.queries_path,
+                    out,
+                    top_k,
+                    config.bm25,
+                    dense,
+                    cache_root=cache_root,
+                    corpus_hash=prepared.corpus_hash,
                 )
             finally:
                 if dense:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -183,3 +184,48 @@ def test_a_hybrid_run_fuses_the_dense_and_bm25_rankings(ray_session, msmarco, tm
     expected = reciprocal_rank_fusion([dense, bm25], k=10, rrf_k=30)
     got = pq.read_table(out / "retrieval.parquet")
     assert got.select(["qid", "pid", "rank"]).equals(expected.select(["qid", "pid", "rank"]))
+
+
+def test_the_index_is_cached_by_content_and_a_damaged_entry_is_rebuilt(ray_session, tmp_path):
+    from rerank_ray.bm25 import bm25_retrieval
+
+    passages = [
+        (f"p{i}", f"passage {i} about {'pandas bears' if i % 3 else 'python tables'}")
+        for i in range(30)
+    ]
+    corpus = _write(tmp_path / "c.parquet", "pid", passages)
+    queries = _write(tmp_path / "q.parquet", "qid", [("q1", "bears"), ("q2", "python tables")])
+    expected = bm25_search(corpus, queries, 5, BM25Options())
+    cache = tmp_path / "cache"
+    outs = [tmp_path / f"r{i}.parquet" for i in range(4)]
+    first = bm25_retrieval(
+        corpus, queries, str(outs[0]), 5, BM25Options(), cache_root=str(cache), corpus_hash="h1"
+    )
+    again = bm25_retrieval(
+        corpus, queries, str(outs[1]), 5, BM25Options(), cache_root=str(cache), corpus_hash="h1"
+    )
+    assert first["index"].startswith("built, cached at") and again["index"].startswith(
+        "from the cache"
+    )
+    entry = again["index"].removeprefix("from the cache ")
+    for out in outs[:2]:
+        assert pq.read_table(out).equals(expected)
+    other = bm25_retrieval(
+        corpus,
+        queries,
+        str(outs[2]),
+        5,
+        BM25Options(k1=1.2),
+        cache_root=str(cache),
+        corpus_hash="h1",
+    )
+    assert other["index"].startswith("built")  # other parameters, another entry
+    damaged = sorted(Path(entry).glob("*.npy"))[0]
+    damaged.write_bytes(damaged.read_bytes()[:-8] + b"\0" * 8)
+    rebuilt = bm25_retrieval(
+        corpus, queries, str(outs[3]), 5, BM25Options(), cache_root=str(cache), corpus_hash="h1"
+    )
+    assert rebuilt["index"].startswith("built, cached at") and pq.read_table(outs[3]).equals(
+        expected
+    )
+    assert rebuilt["index"] == f"built, cached at {entry}"
