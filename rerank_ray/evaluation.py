@@ -23,7 +23,7 @@ from rerank_ray.io import write_json
 from rerank_ray.metrics import DEFAULT_METRICS, evaluate, within_depth
 from rerank_ray.parquet import read_table, write_table
 from rerank_ray.ranking import read_ranking
-from rerank_ray.report import compare_stages, write_plot
+from rerank_ray.report import compare_stages, most_changed, write_plot
 from rerank_ray.rerank import reranked_rankings
 from rerank_ray.significance import ALPHA, RESAMPLES, SEED, compare_systems
 from rerank_ray.tables import read_qrels
@@ -39,6 +39,7 @@ def evaluate_run(
     depths: tuple[int, ...] | None = None,
     rerank_cost: dict | None = None,
     metrics: tuple[str, ...] = DEFAULT_METRICS,
+    queries_path: str | None = None,
 ) -> tuple[dict, dict]:
     """Metrics of the retrieval (and, with ``rerank_path``, the rerank) rankings.
 
@@ -69,6 +70,13 @@ def evaluate_run(
         stats["not_reported"] = deeper  # deeper than the rankings
     if rerank_path:
         stats["rerank_effect"] = compare_stages(rankings["retrieval"], rankings["rerank"], qrels)
+        texts = {}
+        if queries_path:
+            table = read_table(queries_path, columns=["qid", "text"]).to_pydict()
+            texts = dict(zip(table["qid"], table["text"]))
+        stats["most_changed"] = most_changed(
+            rankings["retrieval"], rankings["rerank"], qrels, texts
+        )
     if rerank_path and depths:
         stats["depth_sweep"] = depth_sweep(
             rerank_path, rankings["retrieval"], qrels, names, depths, rerank_cost or {}

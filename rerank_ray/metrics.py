@@ -112,15 +112,36 @@ def average_precision_at_k(ranking: Sequence[str], qrels: Mapping[str, int], k: 
     return total / len(relevant)
 
 
+def judged_at_k(ranking: Sequence[str], qrels: Mapping[str, int], k: int) -> float:
+    """Fraction of the top ``k`` that is judged at all, any grade (ir_measures' ``Judged@k``:
+    P@k with every judgement counted relevant), over ``k``.
+
+    Judged@k = |judged ∩ top-k| / k
+
+    Example:
+        >>> judged_at_k(["a", "x", "b", "y"], {"a": 1, "b": 0}, k=4)
+        0.5
+    """
+    return len(set(qrels).intersection(ranking[:k])) / k
+
+
 METRIC_FUNCTIONS = {
     "recall": recall_at_k,
     "mrr": reciprocal_rank_at_k,
     "ndcg": ndcg_at_k,
     "p": precision_at_k,
     "map": average_precision_at_k,
+    "judged": judged_at_k,
 }
 #: ir_measures' (and trec_eval's) names of the same measures.
-MEASURE_NAMES = {"r": "recall", "rr": "mrr", "ndcg": "ndcg", "p": "p", "ap": "map"}
+MEASURE_NAMES = {
+    "r": "recall",
+    "rr": "mrr",
+    "ndcg": "ndcg",
+    "p": "p",
+    "ap": "map",
+    "judged": "judged",
+}
 
 
 def parse_metric(name: str) -> tuple[str, int]:
@@ -132,8 +153,8 @@ def parse_metric(name: str) -> tuple[str, int]:
     base, _, cutoff = name.partition("@")
     if base not in METRIC_FUNCTIONS or not cutoff.isdigit() or int(cutoff) < 1:
         raise ValueError(
-            f"unknown metric {name!r} (use recall@k, mrr@k, ndcg@k, p@k, map@k, or ir_measures'"
-            " R@k, RR@k, nDCG@k, P@k, AP@k)"
+            f"unknown metric {name!r} (use recall@k, mrr@k, ndcg@k, p@k, map@k, judged@k, or"
+            " ir_measures' R@k, RR@k, nDCG@k, P@k, AP@k, Judged@k)"
         )
     return base, int(cutoff)
 

@@ -390,6 +390,7 @@ class Pipeline:
                 note=SMOKE_WARNING if reranked and is_smoke_model(self.config.reranker) else None,
                 depths=self.config.rerank.depths,
                 metrics=self.config.metric_names,
+                queries_path=prepared.queries_path,
                 rerank_cost=rerank_cost(self.manifest),
             )
             result.update(metrics)

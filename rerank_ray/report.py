@@ -144,6 +144,47 @@ def compare_stages(before: dict, after: dict, qrels: dict) -> dict[str, int]:
     return counts
 
 
+def first_relevant_rank(ranking: list[str], judgements: dict) -> int | None:
+    """The 1-based rank of the first relevant passage, ``None`` when none is ranked."""
+    for rank, pid in enumerate(ranking, start=1):
+        if judgements.get(pid, 0) >= 1:
+            return rank
+    return None
+
+
+def most_changed(before: dict, after: dict, qrels: dict, texts: dict, n: int = 10) -> dict:
+    """The ``n`` queries the second ranking improved most and the ``n`` it hurt most, by the
+    change in the reciprocal rank of the first relevant passage (ties by qid): each with its
+    text and that rank before and after.
+
+    Example:
+        >>> most_changed({"q": ["a", "b"]}, {"q": ["b", "a"]}, {"q": {"b": 1}}, {"q": "why?"})
+        {'improved': [{'qid': 'q', 'query': 'why?', 'before': 2, 'after': 1}], 'hurt': []}
+    """
+    changes = []
+    for qid, judgements in qrels.items():
+        if not any(r >= 1 for r in judgements.values()):
+            continue
+        old = first_relevant_rank(before.get(qid, []), judgements)
+        new = first_relevant_rank(after.get(qid, []), judgements)
+        delta = (1 / new if new else 0.0) - (1 / old if old else 0.0)
+        if delta:
+            row = {"qid": qid, "query": texts.get(qid, ""), "before": old, "after": new}
+            changes.append((delta, qid, row))
+    improved = [row for delta, _, row in sorted(changes, key=lambda c: (-c[0], c[1])) if delta > 0]
+    hurt = [row for delta, _, row in sorted(changes, key=lambda c: (c[0], c[1])) if delta < 0]
+    return {"improved": improved[:n], "hurt": hurt[:n]}
+
+
+def changed_table(rows: list[dict]) -> str:
+    """The queries of :func:`most_changed` as a Markdown table."""
+    lines = ["| qid | query | first relevant before | after |", "|---|---|---:|---:|"]
+    for row in rows:
+        query = row["query"].replace("|", "\\|")
+        lines.append(f"| {row['qid']} | {query} | {row['before'] or '—'} | {row['after'] or '—'} |")
+    return "\n".join(lines)
+
+
 def rerank_depth_note(rerank_depth: int, metric_names) -> str:
     """Which recall figures reranking the top ``rerank_depth`` cannot change.
 
@@ -185,6 +226,10 @@ def render_report(metrics: dict, manifest: dict, significance: dict | None = Non
             )
         note = rerank_depth_note(depth, list(metrics["rerank"]))
         lines += [note, ""]
+        changed = manifest.get("stages", {}).get("evaluate", {}).get("most_changed") or {}
+        for kind in ("improved", "hurt"):
+            if changed.get(kind):
+                lines += [f"Most {kind} queries:", "", changed_table(changed[kind]), ""]
         sweep = manifest.get("stages", {}).get("evaluate", {}).get("depth_sweep")
         if sweep:
             lines += [

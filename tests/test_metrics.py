@@ -54,7 +54,7 @@ def test_evaluate_excludes_queries_without_relevant_and_scores_missing_rankings_
 
 def test_parse_metric_rejects_unknown_names():
     assert parse_metric("ndcg@10") == ("ndcg", 10)
-    for bad in ("judged@10", "recall", "recall@0", "recall@x"):
+    for bad in ("bpref@10", "recall", "recall@0", "recall@x"):
         with pytest.raises(ValueError):
             parse_metric(bad)
 
@@ -209,5 +209,12 @@ def test_precision_and_average_precision_equal_pytrec_eval_and_ir_measures_names
     ):
         expected = sum(full[q][key] if q in full else 0.0 for q in judged) / len(judged)
         assert got[name] == pytest.approx(expected, abs=1e-12), name
+    judged_names = parse_metrics("Judged@5 Judged@40")
+    got = evaluate(rankings, qrels, judged_names).metrics
+    every_judgement = {q: {p: 1 for p in j} for q, j in judged.items()}  # P@k, all judged relevant
+    full = pytrec_eval.RelevanceEvaluator(every_judgement, {"P.5,40"}).evaluate(run)
+    for name, key in (("judged@5", "P_5"), ("judged@40", "P_40")):
+        expected = sum(full[q][key] if q in full else 0.0 for q in judged) / len(judged)
+        assert got[name] == pytest.approx(expected, abs=1e-12), name
     with pytest.raises(ValueError, match="unknown metric"):
-        parse_metrics("MAP@10 Judged@10")
+        parse_metrics("MAP@10 Bpref@10")

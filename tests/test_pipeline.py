@@ -598,6 +598,27 @@ def test_per_query_values_and_significance_come_from_pytrec_evals_per_query_valu
     report = (out / "report.md").read_text()
     assert "| rerank | mrr@10 | 30 |" in report and "paired randomization" in report
 
+    # The most improved and hurt queries: the first relevant passage's rank in each run's list.
+    def first(system, qid):
+        ranked = sorted(runs[system][qid], key=lambda pid: -runs[system][qid][pid])
+        return next((r for r, pid in enumerate(ranked, 1) if qrels[qid].get(pid, 0) >= 1), None)
+
+    changed = json.loads((out / "manifest.json").read_text())["stages"]["evaluate"]["most_changed"]
+    table = pq.read_table(out / "data" / "queries.parquet").to_pydict()
+    texts = dict(zip(table["qid"], table["text"]))
+    gains = []
+    for kind, sign in (("improved", 1), ("hurt", -1)):
+        assert len(changed[kind]) <= 10
+        for row in changed[kind]:
+            before, after = first("retrieval", row["qid"]), first("rerank", row["qid"])
+            assert (row["before"], row["after"]) == (before, after)
+            assert row["query"] == texts[row["qid"]]
+            gain = (1 / after if after else 0) - (1 / before if before else 0)
+            assert sign * gain > 0
+            gains.append(sign * gain)
+    if changed["improved"]:
+        assert "Most improved queries:" in report
+
 
 def test_depth_sweep_equals_pytrec_eval_on_the_stored_scores_and_scores_nothing_again(seed_run):
     """At depth d the rerank's list is its pairs with retrieval rank <= d ordered by their
