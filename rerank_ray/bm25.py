@@ -25,11 +25,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from rerank_ray.errors import ConfigError
 from rerank_ray.options import option
 from rerank_ray.parquet import read_table
-from rerank_ray.ranking import RETRIEVAL_SCHEMA
+from rerank_ray.ranking import rank_by_score
 
 #: What the retrieve stage can be.
 RETRIEVERS = ("dense", "bm25", "hybrid")
@@ -89,22 +90,15 @@ def search_index(retriever, pids: list[str], queries_path: str, k: int) -> pa.Ta
     depth = min(k, len(pids))
     query_tokens = tokenize(queries.column("text").to_pylist())
     documents, scores = retriever.retrieve(query_tokens, k=depth, show_progress=False)
-    qids, found, ranks, values = [], [], [], []
-    for qid, rows, row_scores in zip(queries.column("qid").to_pylist(), documents, scores):
-        order = sorted(range(depth), key=lambda i: (-float(row_scores[i]), pids[rows[i]]))
-        qids += [qid] * depth
-        found += [pids[rows[i]] for i in order]
-        ranks += list(range(1, depth + 1))
-        values += [float(row_scores[i]) for i in order]
-    return pa.table(
-        [
-            pa.array(qids, pa.string()),
-            pa.array(found, pa.string()),
-            pa.array(ranks, pa.int32()),
-            pa.array(values, pa.float32()),
-        ],
-        schema=RETRIEVAL_SCHEMA,
+    qids = queries.column("qid").to_numpy(zero_copy_only=False)
+    rows = pa.table(
+        {
+            "qid": np.repeat(qids, depth),
+            "pid": pids[np.asarray(documents).reshape(-1)],
+            "score": np.asarray(scores, dtype=np.float32).reshape(-1),
+        }
     )
+    return rank_by_score(rows)
 
 
 def bm25_search(corpus_path: str, queries_path: str, k: int, options: BM25Options) -> pa.Table:
@@ -164,31 +158,18 @@ def reciprocal_rank_fusion(rankings: list[pa.Table], k: int, rrf_k: int) -> pa.T
         >>> reciprocal_rank_fusion([a, b], k=2, rrf_k=60).column("pid").to_pylist()
         ['y', 'x']
     """
-    fused: dict[str, dict[str, float]] = {}
-    for table in rankings:
-        for qid, pid, rank in zip(
-            table.column("qid").to_pylist(),
-            table.column("pid").to_pylist(),
-            table.column("rank").to_pylist(),
-        ):
-            scores = fused.setdefault(qid, {})
-            scores[pid] = scores.get(pid, 0.0) + 1.0 / (rrf_k + rank)
-    qids, pids, ranks, values = [], [], [], []
-    for qid in sorted(fused):
-        top = sorted(fused[qid].items(), key=lambda item: (-item[1], item[0]))[:k]
-        qids += [qid] * len(top)
-        pids += [pid for pid, _ in top]
-        ranks += list(range(1, len(top) + 1))
-        values += [score for _, score in top]
-    return pa.table(
-        [
-            pa.array(qids, pa.string()),
-            pa.array(pids, pa.string()),
-            pa.array(ranks, pa.int32()),
-            pa.array(values, pa.float32()),
-        ],
-        schema=RETRIEVAL_SCHEMA,
-    )
+    contributions = [
+        pa.table(
+            {
+                "qid": table.column("qid"),
+                "pid": table.column("pid"),
+                "score": pc.divide(1.0, pc.add(pc.cast(table.column("rank"), pa.float64()), rrf_k)),
+            }
+        )
+        for table in rankings
+    ]
+    fused = pa.concat_tables(contributions).group_by(["qid", "pid"]).aggregate([("score", "sum")])
+    return rank_by_score(fused.rename_columns(["qid", "pid", "score"]), k)
 
 
 def index_version() -> str:

@@ -39,7 +39,7 @@ from rerank_ray.errors import DataError
 from rerank_ray.formats import check_file
 from rerank_ray.io import atomic_path, is_dir, open_input
 from rerank_ray.parquet import iter_parquet_batches, parquet_files, parquet_schema, write_table
-from rerank_ray.ranking import RETRIEVAL_SCHEMA
+from rerank_ray.ranking import rank_by_score
 from rerank_ray.trec_run import read_trec_run
 
 #: Corpus pids checked at a time against the candidates' pids.
@@ -246,23 +246,8 @@ def rank_like_trec_eval(candidates: Candidates, top_k: int) -> pa.Table:
     table = candidates.table
     with np.errstate(over="ignore"):  # a score beyond float32 becomes infinite, as in C
         scores = table.column("score").to_numpy().astype(np.float32)
-    ordered = pa.table(
-        {"qid": table.column("qid"), "pid": table.column("pid"), "score": scores}
-    ).sort_by([("qid", "ascending"), ("score", "descending"), ("pid", "descending")])
-    qids = ordered.column("qid").to_numpy(zero_copy_only=False)
-    position = np.arange(len(qids))
-    first_of_query = np.r_[True, qids[1:] != qids[:-1]]
-    ranks = position - np.maximum.accumulate(np.where(first_of_query, position, 0)) + 1
-    ranked = pa.table(
-        {
-            "qid": ordered.column("qid"),
-            "pid": ordered.column("pid"),
-            "rank": pa.array(ranks, type=pa.int32()),
-            "score": ordered.column("score"),
-        },
-        schema=RETRIEVAL_SCHEMA,
-    )
-    return ranked.filter(pc.less_equal(ranked.column("rank"), top_k))
+    rows = pa.table({"qid": table.column("qid"), "pid": table.column("pid"), "score": scores})
+    return rank_by_score(rows, top_k, ties="descending")
 
 
 def write_retrieval(

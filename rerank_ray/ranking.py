@@ -65,6 +65,37 @@ def topk_table(qids: np.ndarray, result: TopK) -> pa.Table:
     )
 
 
+def rank_by_score(table: pa.Table, k: int | None = None, ties: str = "ascending") -> pa.Table:
+    """``qid, pid, score`` rows ranked within each query by score (descending), ties by pid
+    in ``ties`` order, numbered from 1 and cut to ``k`` a query: a :data:`RETRIEVAL_SCHEMA`
+    table ordered by qid and rank. Scores are compared as given, stored as float32.
+
+    Example:
+        >>> rows = pa.table({"qid": ["q", "q", "p"], "pid": ["b", "a", "c"], "score": [1.0, 1.0, 0.5]})
+        >>> rank_by_score(rows).to_pydict()["pid"], rank_by_score(rows, ties="descending", k=1).to_pydict()["pid"]
+        (['c', 'a', 'b'], ['c', 'b'])
+    """
+    import pyarrow.compute as pc
+
+    ordered = table.select(["qid", "pid", "score"]).sort_by(
+        [("qid", "ascending"), ("score", "descending"), ("pid", ties)]
+    )
+    qids = ordered.column("qid").to_numpy(zero_copy_only=False)
+    position = np.arange(len(qids))
+    first_of_query = np.r_[True, qids[1:] != qids[:-1]] if len(qids) else np.zeros(0, bool)
+    ranks = position - np.maximum.accumulate(np.where(first_of_query, position, 0)) + 1
+    ranked = pa.table(
+        {
+            "qid": ordered.column("qid").cast(pa.string()),
+            "pid": ordered.column("pid").cast(pa.string()),
+            "rank": pa.array(ranks, type=pa.int32()),
+            "score": ordered.column("score").cast(pa.float32()),
+        },
+        schema=RETRIEVAL_SCHEMA,
+    )
+    return ranked if k is None else ranked.filter(pc.less_equal(ranked.column("rank"), k))
+
+
 def read_ranking(path: str) -> dict[str, list[str]]:
     """``{qid: [pid, ...]}`` in rank order from a ``retrieval.parquet`` or ``rerank.parquet``."""
     table = read_table(path, columns=["qid", "pid", "rank"]).sort_by(

@@ -8,7 +8,6 @@ from rerank_ray.io import write_bytes, write_text
 from rerank_ray.metrics import (
     depth_note,
     parse_metric,
-    reciprocal_rank_at_k,
 )
 from rerank_ray.parquet import read_table
 
@@ -133,15 +132,20 @@ def compare_stages(before: dict, after: dict, qrels: dict) -> dict[str, int]:
         {'improved': 1, 'hurt': 0, 'unchanged': 0}
     """
     counts = {"improved": 0, "hurt": 0, "unchanged": 0}
+    for _, _, _, delta in _first_relevant_changes(before, after, qrels):
+        counts["improved" if delta > 0 else "hurt" if delta < 0 else "unchanged"] += 1
+    return counts
+
+
+def _first_relevant_changes(before: dict, after: dict, qrels: dict):
+    """``(qid, rank before, rank after, change in reciprocal rank)`` of the first relevant
+    passage, for each query with a relevant passage (a rank is ``None`` when none is ranked)."""
     for qid, judgements in qrels.items():
         if not any(r >= 1 for r in judgements.values()):
             continue
-        old, new = before.get(qid, []), after.get(qid, [])
-        rr_old = reciprocal_rank_at_k(old, judgements, max(len(old), 1))
-        rr_new = reciprocal_rank_at_k(new, judgements, max(len(new), 1))
-        key = "improved" if rr_new > rr_old else "hurt" if rr_new < rr_old else "unchanged"
-        counts[key] += 1
-    return counts
+        old = first_relevant_rank(before.get(qid, []), judgements)
+        new = first_relevant_rank(after.get(qid, []), judgements)
+        yield qid, old, new, (1 / new if new else 0.0) - (1 / old if old else 0.0)
 
 
 def first_relevant_rank(ranking: list[str], judgements: dict) -> int | None:
@@ -162,12 +166,7 @@ def most_changed(before: dict, after: dict, qrels: dict, texts: dict, n: int = 1
         {'improved': [{'qid': 'q', 'query': 'why?', 'before': 2, 'after': 1}], 'hurt': []}
     """
     changes = []
-    for qid, judgements in qrels.items():
-        if not any(r >= 1 for r in judgements.values()):
-            continue
-        old = first_relevant_rank(before.get(qid, []), judgements)
-        new = first_relevant_rank(after.get(qid, []), judgements)
-        delta = (1 / new if new else 0.0) - (1 / old if old else 0.0)
+    for qid, old, new, delta in _first_relevant_changes(before, after, qrels):
         if delta:
             row = {"qid": qid, "query": texts.get(qid, ""), "before": old, "after": new}
             changes.append((delta, qid, row))
