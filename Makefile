@@ -27,11 +27,8 @@ setup: $(STAMP)
 # then the cross-encoder machinery (minilm-smoke: a random head) on the same candidates.
 demo: $(STAMP)
 	$(VENV)/bin/rerank-ray run --dataset $(DEMO_DATASET) --corpus-rows 5000 --num-queries 100 \
-		--retriever bm25 --top-k 100 --reranker bi:minilm --rerank-top-k 20 \
-		--rerank-depths 5,10,20 --out $(DEMO_OUT) --force
-	$(VENV)/bin/rerank-ray run --dataset $(DEMO_DATASET) --corpus-rows 5000 --num-queries 100 \
-		--candidates $(DEMO_OUT)/retrieval.parquet --top-k 100 --reranker minilm-smoke \
-		--rerank-top-k 20 --out $(DEMO_OUT)-smoke --force
+		--retriever bm25 --top-k 100 --reranker bi:minilm --reranker minilm-smoke \
+		--rerank-top-k 20 --rerank-depths 5,10,20 --out $(DEMO_OUT) --force
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -188,7 +188,7 @@ def measure(embedder_path, reranker_path, texts, precision, device, batch_size) 
 
     pairs = [(texts[i][:60], texts[(i * 7 + 1) % len(texts)]) for i in range(len(texts))]
     rerank_options = RerankOptions(
-        model=reranker_path, batch_size=batch_size, max_tokens_per_batch=batch_size * 192
+        models=reranker_path, batch_size=batch_size, max_tokens_per_batch=batch_size * 192
     )
     rerank_actor = RerankActor(rerank_options, threads=os.cpu_count() or 1)
     pair_batch = pa.table({

@@ -60,7 +60,7 @@ def main() -> None:
             data=DataConfig(dataset=dataset, corpus_rows=400, num_queries=60),
             embedder="minilm",
             top_k=100,
-            rerank=RerankOptions(model="minilm-smoke", top_k=10, max_length=128),
+            rerank=RerankOptions(models="minilm-smoke", top_k=10, max_length=128),
             compute=ComputeConfig(rows_per_call=128),
             use_cache=False,
         )

@@ -85,7 +85,7 @@ def main() -> None:
             paths["queries"],
         )
         pq.write_table(pa.table(retrieval), paths["retrieval"])
-        options = RerankOptions(model=args.model, max_length=args.max_length)
+        options = RerankOptions(models=args.model, max_length=args.max_length)
         with timer(times, "pipeline_rerank"):
             rerank_candidates(
                 paths["retrieval"],

@@ -149,19 +149,21 @@ def _print_summary(config: RunConfig, metrics: dict, depth: int) -> None:
         retrieval = f"embedder: {config.embedder}"
         if config.retriever == "hybrid":
             retrieval = f"retriever: hybrid (bm25 + {config.embedder})"
-    print(f"{retrieval}   reranker: {config.reranker}   top-k: {config.top_k}")
-    print(metrics_table(metrics, significant_metrics(significance)))
-    if "rerank" in metrics and significance_note(significance):
+    rerankers = ", ".join(config.rerank.models)
+    print(f"{retrieval}   reranker: {rerankers}   top-k: {config.top_k}")
+    print(metrics_table(metrics, significant_metrics(significance), config.baseline))
+    if len(metrics) > 1 and significance_note(significance):
         print(significance_note(significance))
-    sweep = run.read_manifest().get("stages", {}).get("evaluate", {}).get("depth_sweep")
-    if sweep:
-        print("\nrerank depth (the rerank's metrics had it reranked only the top d):")
+    sweeps = run.read_manifest().get("stages", {}).get("evaluate", {}).get("depth_sweep") or {}
+    for system, sweep in sweeps.items():
+        print(f"\nrerank depth of {system} (its metrics had it reranked only the top d):")
         print(depth_table(sweep))
     _, deeper = within_depth(config.metric_names, depth)
     if deeper:
         print(f"NOTE: {depth_note(deeper, depth)}")
-    if config.reranks and is_smoke_model(config.reranker):
-        print(f"NOTE: {SMOKE_WARNING}; the rerank row shows the machinery, not a result.")
+    for system, model in config.rerank.systems.items():
+        if is_smoke_model(model):
+            print(f"NOTE: {SMOKE_WARNING}; the {system} row shows the machinery, not a result.")
     print(f"report: {run.report_path}")
 
 

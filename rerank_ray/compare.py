@@ -1,8 +1,8 @@
 """``rerank-ray compare RUN … --out DIR``: the systems of several run directories in one table,
 each tested against one baseline.
 
-A system is a run's ``retrieval`` or ``rerank``, named ``FOLDER:retrieval`` after the run
-directory's folder name (other embedders, other candidates, other rerankers over the same
+A system is a run's ``retrieval`` or one of its rerankers, named ``FOLDER:retrieval`` (or
+``FOLDER:bge-reranker-large``) after the run directory's folder name (other embedders, other candidates, other rerankers over the same
 data). The runs must have been evaluated on the same judgements: their ``data/qrels.parquet``
 are compared row by row and a difference is refused in one line naming both runs. Each
 system's per-query values come from its run's ``per_query.parquet``; only the metrics every
@@ -116,12 +116,12 @@ def comparison_table(result: dict) -> str:
 
     Example:
         >>> print(comparison_table({"baseline": "a:retrieval", "systems": {
-        ...     "a:retrieval": {"mrr@10": 0.5}, "b:rerank": {"mrr@10": 0.75}},
-        ...     "comparisons": [{"system": "b:rerank", "metric": "mrr@10", "significant": True}]}))
+        ...     "a:retrieval": {"mrr@10": 0.5}, "b:ce": {"mrr@10": 0.75}},
+        ...     "comparisons": [{"system": "b:ce", "metric": "mrr@10", "significant": True}]}))
         | system | mrr@10 |
         |---|---:|
         | a:retrieval (baseline) | 0.5000 |
-        | b:rerank | 0.7500* |
+        | b:ce | 0.7500* |
     """
     systems = result["systems"]
     metrics = list(next(iter(systems.values())))

@@ -109,8 +109,10 @@ class RunConfig:
         data: Data sources.
         embedder: Alias, local directory or Hub name of the embedding model.
         embedding: Embedding options.
-        rerank: The cross-encoder (``rerank.model``; ``none`` skips the stage) and its limits.
+        rerank: The rerankers (``rerank.models``; ``none`` skips the stage) and their limits.
         top_k: Passages retrieved per query.
+        baseline: The system every other one is tested against: ``retrieval`` or a
+            reranker's name (:func:`rerank_ray.rerank.system_name`).
         candidates: A ranking made elsewhere (a TREC run, or Parquet ``qid, pid, score``) to
             rerank instead of embedding and retrieving: see :mod:`rerank_ray.candidates`.
         compute: Ray cluster and actor pool sizes.
@@ -155,6 +157,13 @@ class RunConfig:
         type=parse_metrics,
         metavar="M,…",
         group="retrieval",
+    )
+    baseline: str = option(
+        "retrieval",
+        "--baseline",
+        "the system the others are tested against: retrieval or a reranker's name",
+        metavar="SYSTEM",
+        group="reranker",
     )
     candidates: str | None = option(
         None,
@@ -212,6 +221,14 @@ class RunConfig:
             if not names:
                 raise ConfigError("metrics: give at least one measure", RunConfig, "metrics")
             object.__setattr__(self, "metrics", names)
+        systems = ("retrieval", *self.rerank.systems)
+        if self.baseline not in systems:
+            raise ConfigError(
+                f"baseline must be one of the run's systems ({', '.join(systems)}), got"
+                f" {self.baseline!r}",
+                RunConfig,
+                "baseline",
+            )
         if self.retriever not in RETRIEVERS:
             raise ConfigError(
                 f"retriever must be one of {', '.join(RETRIEVERS)}, got {self.retriever!r}",
@@ -252,13 +269,14 @@ class RunConfig:
         return self.candidates is None and self.retriever != "bm25"
 
     @property
-    def reranker(self) -> str:
-        """The cross-encoder's name, or ``none``."""
-        return self.rerank.model
+    def reranks(self) -> bool:
+        """Whether the run reranks (its rerankers are not ``none``)."""
+        return self.rerank.reranks
 
     @property
-    def reranks(self) -> bool:
-        return self.rerank.model.lower() != "none"
+    def systems(self) -> tuple[str, ...]:
+        """The run's ranked systems: ``retrieval``, then each reranker's."""
+        return ("retrieval", *self.rerank.systems)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -271,6 +289,11 @@ class RunConfig:
         for key, value in data.items():
             if key not in known:
                 continue
+            if key == "rerank" and "model" in value:  # one reranker, as manifests once held it
+                value = {
+                    "models": [value["model"]],
+                    **{k: v for k, v in value.items() if k != "model"},
+                }
             values[key] = nested[key](**value) if key in nested else value
         return cls(**values)
 

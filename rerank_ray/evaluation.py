@@ -1,184 +1,346 @@
-"""The evaluate stage: each system's rankings against the qrels.
+"""The evaluate stage: each system's rankings against the qrels, from the run's columns.
 
-Rankings are read from the run's Parquet files (``retrieval.parquet``, and
-``rerank.parquet`` whose reranked top is followed by the rest of the retrieval order); metrics
-deeper than the retrieval depth are not computed (:func:`rerank_ray.metrics.within_depth`).
+The systems are the retrieval (``retrieval.parquet``) and each reranker
+(``rerank/<system>.parquet``, whose reranked top is followed by the rest of the retrieval
+order). Each is reduced to its judged hits (:class:`rerank_ray.metrics.Hits`: one Arrow join
+with the qrels), so the stage's cost is reading the rankings once, whatever their depth;
+metrics deeper than the retrieval depth are not computed (:func:`rerank_ray.metrics.within_depth`).
 Writes ``metrics.json`` (``{system: {metric: mean}}``), ``per_query.parquet`` (``system, qid,
 metric, value``: the values the means and the tests are computed from), ``significance.json``
-(each system against the retrieval, :mod:`rerank_ray.significance`) and ``report.png``.
+(each system against the baseline, :mod:`rerank_ray.significance`) and ``report.png``.
 
 Example::
 
     from rerank_ray.evaluation import evaluate_run
-    metrics, stats = evaluate_run("RUN/retrieval.parquet", None, "RUN/data/qrels.parquet",
+    metrics, stats = evaluate_run("RUN/retrieval.parquet", {}, "RUN/data/qrels.parquet",
                                   top_k=100, out=RunDirectory("RUN"))
     metrics["retrieval"]["recall@10"]
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from rerank_ray.io import write_json
-from rerank_ray.metrics import DEFAULT_METRICS, evaluate, within_depth
+from rerank_ray.metrics import (
+    DEFAULT_METRICS,
+    Evaluation,
+    Hits,
+    Judgements,
+    evaluate_hits,
+    recall_curve,
+    within_depth,
+)
 from rerank_ray.parquet import read_table, write_table
-from rerank_ray.ranking import read_ranking
-from rerank_ray.report import compare_stages, most_changed, write_plot
-from rerank_ray.rerank import reranked_rankings
+from rerank_ray.report import write_plot
 from rerank_ray.significance import ALPHA, RESAMPLES, SEED, compare_systems
-from rerank_ray.tables import read_qrels
 
 
 def evaluate_run(
     retrieval_path: str,
-    rerank_path: str | None,
+    rerank_paths: dict[str, str],
     qrels_path: str,
     top_k: int,
     out,
-    note: str | None = None,
+    notes: dict[str, str] | None = None,
     depths: tuple[int, ...] | None = None,
-    rerank_cost: dict | None = None,
+    rerank_costs: dict[str, dict] | None = None,
     metrics: tuple[str, ...] = DEFAULT_METRICS,
     queries_path: str | None = None,
+    baseline: str = "retrieval",
 ) -> tuple[dict, dict]:
-    """Metrics of the retrieval (and, with ``rerank_path``, the rerank) rankings.
+    """Metrics of the retrieval and of each reranker's rankings.
 
-    Writes the stage's outputs into ``out`` (a :class:`~rerank_ray.rundir.RunDirectory`),
-    the plot with ``note`` on it (e.g. that the reranker is a smoke model). With ``depths``,
-    also the rerank's metrics had it reranked only the top ``d`` of each query
-    (:func:`depth_sweep`; ``rerank_cost``: the rerank stage's pairs and busy seconds).
+    Args:
+        retrieval_path: ``retrieval.parquet``.
+        rerank_paths: ``{system: rerank/<system>.parquet}``, in report order.
+        qrels_path: The normalized qrels table.
+        top_k: The retrieval depth (deeper metrics are not computed).
+        out: The :class:`~rerank_ray.rundir.RunDirectory` the outputs go to.
+        notes: ``{system: note}`` shown on the plot (e.g. that a reranker is a smoke model).
+        depths: Also each reranker's metrics had it reranked only the top ``d`` of each query
+            (:func:`depth_sweep`); ``rerank_costs``: ``{system: cost}`` of :func:`rerank_cost`.
+        metrics: The measures, in the project's names.
+        queries_path: The queries table (texts of the most changed queries).
+        baseline: The system the others are tested against.
 
     Returns:
         The metrics, and the stage's statistics: queries evaluated, queries without a
-        relevant passage, metrics not reported for depth, and the rerank's effect per query.
+        relevant passage, metrics not reported for depth, each reranker's effect per query
+        and depth sweep, and ``significance`` (``significance.json``'s content).
     """
     names, deeper = within_depth(metrics, top_k)
-    qrels = read_qrels(qrels_path)
-    rankings = {"retrieval": read_ranking(retrieval_path)}
-    if rerank_path:
-        rankings["rerank"] = reranked_rankings(rerank_path, rankings["retrieval"])
-    metrics: dict = {}
-    per_query: dict = {}
-    stats: dict = {}
-    for stage, ranking in rankings.items():
-        evaluation = evaluate(ranking, qrels, names)
-        metrics[stage] = evaluation.metrics
-        per_query[stage] = evaluation.per_query
-        stats["evaluated_queries"] = evaluation.evaluated_queries
-        stats["queries_without_relevant"] = evaluation.queries_without_relevant
+    judgements = Judgements.from_table(read_table(qrels_path))
+    retrieval = read_table(retrieval_path, columns=["qid", "pid", "rank"])
+    unjudged = judgements.count_unjudged(retrieval.column("qid"))
+    hits = {"retrieval": Hits.from_table(retrieval, judgements)}
+    del retrieval
+    reranked = {
+        system: RerankedTable.read(path, judgements) for system, path in rerank_paths.items()
+    }
+    for system, table in reranked.items():
+        hits[system] = table.hits(hits["retrieval"])
+    evaluations = {system: evaluate_hits(h, names, unjudged) for system, h in hits.items()}
+    stats: dict = {
+        "evaluated_queries": len(judgements.qids),
+        "queries_without_relevant": unjudged,
+    }
     if deeper:
         stats["not_reported"] = deeper  # deeper than the rankings
-    if rerank_path:
-        stats["rerank_effect"] = compare_stages(rankings["retrieval"], rankings["rerank"], qrels)
-        texts = {}
-        if queries_path:
-            table = read_table(queries_path, columns=["qid", "text"]).to_pydict()
-            texts = dict(zip(table["qid"], table["text"]))
-        stats["most_changed"] = most_changed(
-            rankings["retrieval"], rankings["rerank"], qrels, texts
-        )
-    if rerank_path and depths:
-        stats["depth_sweep"] = depth_sweep(
-            rerank_path, rankings["retrieval"], qrels, names, depths, rerank_cost or {}
-        )
-    comparisons = compare_systems(per_query, "retrieval", names)
-    write_json(out.metrics_path, metrics)
-    write_table(per_query_table(per_query), out.per_query_path)
-    write_json(
-        out.significance_path,
-        {
-            "baseline": "retrieval",
-            "alpha": ALPHA,
-            "tests": "paired randomization (sign flips, two-sided), paired t-test, bootstrap"
-            f" BCa 95% CI; {RESAMPLES} resamples, seed {SEED}; Holm across systems",
-            "comparisons": [c.to_dict() for c in comparisons],
-        },
-    )
+    if reranked:
+        first = {system: h.first_relevant_rank() for system, h in hits.items()}
+        stats["rerank_effect"], stats["most_changed"] = {}, {}
+        for system in reranked:
+            effect, changed = rank_changes(judgements.qids, first["retrieval"], first[system])
+            stats["rerank_effect"][system] = effect
+            stats["most_changed"][system] = changed
+        _add_texts(stats["most_changed"], queries_path)
+    sweeps = {}
+    if depths:
+        for system, table in reranked.items():
+            cost = (rerank_costs or {}).get(system, {})
+            sweeps[system] = depth_sweep(table, hits["retrieval"], names, depths, cost)
+        if sweeps:
+            stats["depth_sweep"] = sweeps
+    result = {system: e.metrics for system, e in evaluations.items()}
+    per_query = {system: _as_dict(e) for system, e in evaluations.items()}
+    comparisons = compare_systems(per_query, baseline, names)
+    write_json(out.metrics_path, result)
+    write_table(per_query_table(evaluations), out.per_query_path)
+    significance = {
+        "baseline": baseline,
+        "alpha": ALPHA,
+        "tests": "paired randomization (sign flips, two-sided), paired t-test, bootstrap"
+        f" BCa 95% CI; {RESAMPLES} resamples, seed {SEED}; Holm across systems",
+        "comparisons": [c.to_dict() for c in comparisons],
+    }
+    write_json(out.significance_path, significance)
     write_plot(
         out.plot_path,
-        rankings,
-        qrels,
-        rerank_path,
-        top_k,
-        note=note,
-        sweep=stats.get("depth_sweep"),
+        {system: recall_curve(h, top_k) for system, h in hits.items()},
+        {system: table.score_split() for system, table in reranked.items()},
+        notes=notes,
+        sweeps=sweeps,
     )
-    return metrics, stats
+    return result, {**stats, "significance": significance}
 
 
-def per_query_table(per_query: dict) -> pa.Table:
-    """``system, qid, metric, value`` rows of ``{system: {qid: {metric: value}}}``.
+class RerankedTable:
+    """One reranker's ``rerank/<system>.parquet``, ordered by query and rank, with the grade
+    of each judged row (the rows of queries without a relevant passage are dropped).
+
+    A query's reranked rows are its retrieved passages of retrieval rank 1 to ``n`` (the
+    rerank stage scores exactly those); its ranking is these rows in rerank order, then its
+    retrieved passages of rank above ``n`` in retrieval order.
+    """
+
+    def __init__(self, query, rank, retrieval_rank, score, judged_rows, judged_grades, judgements):
+        self.query = query
+        self.rank = rank
+        self.retrieval_rank = retrieval_rank
+        self.score = score
+        self.judged_rows = judged_rows
+        self.judged_grades = judged_grades
+        self.judgements = judgements
+
+    @classmethod
+    def read(cls, path: str, judgements: Judgements) -> RerankedTable:
+        table = read_table(path, columns=["qid", "pid", "rank", "retrieval_rank", "score"])
+        query = pc.index_in(table.column("qid"), value_set=judgements.qid_array)
+        table = table.append_column("query", query).filter(pc.is_valid(query))
+        table = table.sort_by([("query", "ascending"), ("rank", "ascending")])
+        table = table.append_column("row", pa.array(np.arange(table.num_rows)))
+        judged = table.select(["qid", "pid", "row"]).join(
+            judgements.table, keys=["qid", "pid"], join_type="inner"
+        )
+
+        def column(t, name):
+            return t.column(name).to_numpy(zero_copy_only=False)
+
+        return cls(
+            query=column(table, "query").astype(np.int64),
+            rank=column(table, "rank").astype(np.int64),
+            retrieval_rank=column(table, "retrieval_rank").astype(np.int64),
+            score=column(table, "score").astype(np.float64),
+            judged_rows=column(judged, "row").astype(np.int64),
+            judged_grades=column(judged, "relevance").astype(np.int64),
+            judgements=judgements,
+        )
+
+    def hits(self, retrieved: Hits, depth: int | None = None) -> Hits:
+        """The hits of this reranker's ranking (of reranking only the top ``depth``
+        retrieved passages of each query, ranked among themselves in rerank order)."""
+        rows, grades = self.judged_rows, self.judged_grades
+        if depth is None:
+            head_rank = self.rank
+            reranked = np.bincount(self.query, minlength=len(self.judgements.qids))
+            rest = retrieved.rank > reranked[retrieved.query]
+        else:
+            inside = self.retrieval_rank <= depth
+            head_rank = _ranks_within_query(self.query, inside)
+            keep = inside[rows]
+            rows, grades = rows[keep], grades[keep]
+            rest = retrieved.rank > depth
+        head = Hits(self.judgements, self.query[rows], head_rank[rows], grades)
+        tail = Hits(
+            self.judgements, retrieved.query[rest], retrieved.rank[rest], retrieved.grade[rest]
+        )
+        return Hits.concat([head, tail])
+
+    def score_split(self) -> tuple[np.ndarray, np.ndarray]:
+        """The scores of the relevant pairs and of the others (judged queries' pairs)."""
+        relevant = np.zeros(len(self.score), bool)
+        relevant[self.judged_rows[self.judged_grades >= 1]] = True
+        return self.score[relevant], self.score[~relevant]
+
+    def pairs_within(self, depth: int) -> int:
+        """How many of the scored pairs of the judged queries have retrieval rank <= depth."""
+        return int(np.count_nonzero(self.retrieval_rank <= depth))
+
+
+def _ranks_within_query(query: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """For rows ordered by query then rank, the 1-based position of each row among its
+    query's rows that are ``inside`` (meaningful for those rows only)."""
+    counted = np.cumsum(inside)
+    starts = np.r_[True, query[1:] != query[:-1]] if len(query) else np.zeros(0, bool)
+    before = np.where(starts, counted - inside, 0)
+    return counted - np.maximum.accumulate(before)
+
+
+def rank_changes(qids: np.ndarray, before: np.ndarray, after: np.ndarray, n: int = 10):
+    """How many queries the second ranking improved, hurt or left unchanged, by the
+    reciprocal rank of the first relevant passage over the whole ranking (``before`` and
+    ``after``: per query, that rank, 0 for none), and the ``n`` most improved and most hurt
+    (by that change, ties by qid) with their ranks.
 
     Example:
-        >>> per_query_table({"retrieval": {"q1": {"mrr@10": 0.5}}}).to_pylist()
-        [{'system': 'retrieval', 'qid': 'q1', 'metric': 'mrr@10', 'value': 0.5}]
+        >>> effect, changed = rank_changes(np.array(["a", "b"]), np.array([2, 1]), np.array([1, 1]))
+        >>> effect, changed["improved"]
+        ({'improved': 1, 'hurt': 0, 'unchanged': 1}, [{'qid': 'a', 'before': 2, 'after': 1}])
     """
-    rows = [
-        (system, qid, metric, value)
-        for system, queries in per_query.items()
-        for qid, values in queries.items()
-        for metric, value in values.items()
-    ]
-    columns = list(zip(*rows)) if rows else [[], [], [], []]
-    return pa.table(
-        {
-            "system": pa.array(columns[0], pa.string()),
-            "qid": pa.array(columns[1], pa.string()),
-            "metric": pa.array(columns[2], pa.string()),
-            "value": pa.array(columns[3], pa.float64()),
-        }
-    )
+
+    def reciprocal(rank):
+        rank = rank.astype(np.float64)
+        return np.divide(1.0, rank, out=np.zeros_like(rank), where=rank > 0)
+
+    delta = reciprocal(after) - reciprocal(before)
+    effect = {
+        "improved": int(np.count_nonzero(delta > 0)),
+        "hurt": int(np.count_nonzero(delta < 0)),
+        "unchanged": int(np.count_nonzero(delta == 0)),
+    }
+
+    def rows(order):
+        return [
+            {
+                "qid": str(qids[i]),
+                "before": int(before[i]) or None,
+                "after": int(after[i]) or None,
+            }
+            for i in order[:n]
+        ]
+
+    improved = [i for i in np.lexsort((qids, -delta)) if delta[i] > 0]
+    hurt = [i for i in np.lexsort((qids, delta)) if delta[i] < 0]
+    return effect, {"improved": rows(improved), "hurt": rows(hurt)}
+
+
+def _add_texts(changed: dict, queries_path: str | None) -> None:
+    """Put each listed query's text into the rows of :func:`rank_changes`."""
+    listed = {row["qid"] for lists in changed.values() for rows in lists.values() for row in rows}
+    texts = {}
+    if queries_path and listed:
+        table = read_table(queries_path, columns=["qid", "text"])
+        table = table.filter(pc.is_in(table.column("qid"), value_set=pa.array(sorted(listed))))
+        texts = dict(zip(table.column("qid").to_pylist(), table.column("text").to_pylist()))
+    for lists in changed.values():
+        for rows in lists.values():
+            for row in rows:
+                row["query"] = texts.get(row["qid"], "")
+
+
+def _as_dict(evaluation: Evaluation) -> dict[str, dict[str, float]]:
+    """``{qid: {metric: value}}`` of an evaluation's per-query values."""
+    columns = {name: values.tolist() for name, values in evaluation.per_query.items()}
+    return {
+        qid: {name: values[i] for name, values in columns.items()}
+        for i, qid in enumerate(evaluation.qids.tolist())
+    }
+
+
+def per_query_table(evaluations: dict[str, Evaluation]) -> pa.Table:
+    """``system, qid, metric, value`` rows of each system's per-query values.
+
+    Example:
+        >>> from rerank_ray.metrics import evaluate
+        >>> e = evaluate({"q1": ["a"]}, {"q1": {"a": 1}}, ["mrr@10"])
+        >>> per_query_table({"retrieval": e}).to_pylist()
+        [{'system': 'retrieval', 'qid': 'q1', 'metric': 'mrr@10', 'value': 1.0}]
+    """
+    parts = []
+    for system, evaluation in evaluations.items():
+        for metric, values in evaluation.per_query.items():
+            count = len(values)
+            parts.append(
+                pa.table(
+                    {
+                        "system": pa.array([system] * count, pa.string()),
+                        "qid": pa.array(evaluation.qids, pa.string()),
+                        "metric": pa.array([metric] * count, pa.string()),
+                        "value": pa.array(values, pa.float64()),
+                    }
+                )
+            )
+    if not parts:
+        schema = pa.schema(
+            [("system", pa.string()), ("qid", pa.string()), ("metric", pa.string()),
+             ("value", pa.float64())]
+        )  # fmt: skip
+        return schema.empty_table()
+    return pa.concat_tables(parts)
 
 
 def depth_sweep(
-    rerank_path: str,
-    retrieved: dict[str, list[str]],
-    qrels: dict,
+    table: RerankedTable,
+    retrieved: Hits,
     names: list[str],
     depths: tuple[int, ...],
     cost: dict,
 ) -> list[dict]:
-    """The rerank's metrics had it reranked only the top ``d`` retrieved passages of each
+    """A reranker's metrics had it reranked only the top ``d`` retrieved passages of each
     query, for each ``d`` in ``depths``, from the stored scores (nothing is scored again).
 
     At depth ``d`` a query's ranking is its pairs with retrieval rank at most ``d`` in the
     rerank's order (score descending, ties by retrieval rank), then the retrieval's order.
-    The cost per 1,000 queries is the pairs scored and, when ``cost`` has the rerank stage's
+    The cost per 1,000 queries is the pairs scored and, when ``cost`` has the rerank's
     ``pairs`` and ``busy_seconds`` (actor-seconds), those seconds scaled by the share of pairs
     (an estimate: every pair is taken to cost the same), in GPU-seconds too where the actors
-    had GPUs (``gpus_per_actor``).
+    had GPUs (``gpus_per_actor``). Pairs are counted over the queries that have a relevant
+    passage, the ones the metrics average over.
     """
-    table = read_table(rerank_path, columns=["qid", "pid", "rank", "retrieval_rank"])
-    order = table.sort_by([("qid", "ascending"), ("rank", "ascending")]).to_pydict()
-    queries = max(len(retrieved), 1)
+    queries = max(retrieved.num_queries, 1)
     sweep = []
     for depth in depths:
-        heads: dict[str, list[str]] = {}
-        pairs = 0
-        for qid, pid, retrieval_rank in zip(order["qid"], order["pid"], order["retrieval_rank"]):
-            if retrieval_rank <= depth:
-                heads.setdefault(qid, []).append(pid)
-                pairs += 1
-        ranking = {}
-        for qid, retrieval in retrieved.items():
-            head = heads.get(qid, [])
-            seen = set(head)
-            ranking[qid] = head + [pid for pid in retrieval if pid not in seen]
-        row = {"depth": depth, "pairs_per_1000_queries": round(1000 * pairs / queries, 1)}
+        pairs_per_1000 = 1000 * table.pairs_within(depth) / queries
+        row = {"depth": depth, "pairs_per_1000_queries": round(pairs_per_1000, 1)}
         if cost.get("pairs") and cost.get("busy_seconds") is not None:
-            seconds = cost["busy_seconds"] * pairs / cost["pairs"] * 1000 / queries
+            seconds = cost["busy_seconds"] / cost["pairs"] * pairs_per_1000
             row["actor_seconds_per_1000_queries"] = round(seconds, 3)
             if cost.get("gpus_per_actor"):
                 row["gpu_seconds_per_1000_queries"] = round(seconds * cost["gpus_per_actor"], 3)
-        row["metrics"] = evaluate(ranking, qrels, names).metrics
+        row["metrics"] = evaluate_hits(table.hits(retrieved, depth), names).metrics
         sweep.append(row)
     return sweep
 
 
-def rerank_cost(manifest: dict) -> dict:
-    """What the rerank stage spent, from the run's manifest: the pairs it scored, its actors'
-    busy seconds and, where they ran on GPUs, the GPUs per actor (for :func:`depth_sweep`)."""
-    rerank = manifest.get("stages", {}).get("rerank") or {}
+def rerank_cost(manifest: dict, system: str) -> dict:
+    """What the rerank stage spent on one reranker, from the run's manifest: the pairs it
+    scored, its actors' busy seconds and, where they ran on GPUs, the GPUs per actor (for
+    :func:`depth_sweep`)."""
+    systems = (manifest.get("stages", {}).get("rerank") or {}).get("systems") or {}
+    rerank = systems.get(system) or {}
     resources = rerank.get("resources") or {}
     on_gpus = resources.get("device") == "cuda"
     return {

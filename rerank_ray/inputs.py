@@ -72,7 +72,7 @@ class RunInputs:
                 )
             }
             return {
-                "embedder": self.model("embedder").fingerprint,
+                "embedder": self.embedder().fingerprint,
                 "vectors": {role: vector_options(options, role) for role in ("corpus", "queries")},
                 "supplied": supplied,
             }
@@ -90,26 +90,45 @@ class RunInputs:
         if stage == "rerank":
             if not config.reranks:
                 return None
-            return {"reranker": self.model("reranker").fingerprint, **score_options(config.rerank)}
+            return {system: self.system_depends_on(system) for system in config.rerank.systems}
         if stage == "evaluate":
-            return {"rerank_depths": config.rerank.depths, "metrics": config.metrics}
+            return {
+                "rerank_depths": config.rerank.depths,
+                "metrics": config.metrics,
+                "baseline": config.baseline,
+            }
         return None
 
-    def model(self, role: str):
-        """The embedder or reranker resolved to a local directory and fingerprint (once)."""
-        from rerank_ray.bi_encoder import resolve_reranker
+    def system_depends_on(self, system: str) -> dict:
+        """What one reranker's scores are computed from, besides the retrieval: its weights'
+        fingerprint and the options that change a score or which pairs are scored."""
+        model = self.config.rerank.systems[system]
+        return {
+            "reranker": self.reranker(system).fingerprint,
+            **score_options(self.config.rerank, model),
+        }
+
+    def embedder(self):
+        """The embedder resolved to a local directory and fingerprint (once)."""
         from rerank_ray.models import resolve_model
 
-        if role not in self._models:
-            if role == "embedder":
-                self._models[role] = resolve_model(self.config.embedder)
-            else:
-                self._models[role] = resolve_reranker(self.config.reranker)
-        return self._models[role]
+        if "embedder" not in self._models:
+            self._models["embedder"] = resolve_model(self.config.embedder)
+        return self._models["embedder"]
+
+    def reranker(self, system: str):
+        """A reranker of the run, by system name, resolved to its folder and fingerprint
+        (once)."""
+        from rerank_ray.bi_encoder import resolve_reranker
+
+        key = ("reranker", system)
+        if key not in self._models:
+            self._models[key] = resolve_reranker(self.config.rerank.systems[system])
+        return self._models[key]
 
     def embedding_options(self):
         """The embedding options with the model's defaults filled in."""
-        return self.config.embedding.resolved(self.model("embedder").path)
+        return self.config.embedding.resolved(self.embedder().path)
 
     def content_hash(self, path: str) -> str:
         """The SHA-256 of a source's content; re-read only when its files' sizes or mtimes
@@ -141,9 +160,9 @@ class RunInputs:
         if self.config.candidates:
             self.check_candidates()
         if self.config.embeds:
-            self.model("embedder")
-        if self.config.reranks:
-            self.model("reranker")
+            self.embedder()
+        for system in self.config.rerank.systems:
+            self.reranker(system)
         self.check_supplied()
 
     def check_candidates(self):
@@ -168,6 +187,6 @@ class RunInputs:
         corpus, queries = config.corpus_embeddings, config.query_embeddings
         embedder = None
         if (corpus is None) != (queries is None):  # one role is computed by the embedder
-            embedder = (config.embedder, model_dimension(self.model("embedder").path))
+            embedder = (config.embedder, model_dimension(self.embedder().path))
         check_dimensions(corpus, queries, embedder)
         self._supplied_checked = True

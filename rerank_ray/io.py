@@ -94,6 +94,16 @@ def is_dir(path: str | os.PathLike) -> bool:
     return file_info(path).type == pafs.FileType.Directory
 
 
+def list_files(path: str | os.PathLike) -> list[str]:
+    """The files directly inside the folder ``path``, sorted; ``[]`` when it is missing."""
+    filesystem, inner = resolve(path)
+    if filesystem.get_file_info(inner).type != pafs.FileType.Directory:
+        return []
+    infos = filesystem.get_file_info(pafs.FileSelector(inner))
+    root = str(path).rstrip("/")
+    return sorted(join(root, i.base_name) for i in infos if i.type == pafs.FileType.File)
+
+
 def makedirs(path: str | os.PathLike) -> None:
     """Create a directory and its parents (on an object store: a directory marker)."""
     filesystem, inner = resolve(path)

@@ -40,10 +40,10 @@ def vector_options(options, role: str) -> dict:
     return {**common, "max_length": options.passage_max_length}
 
 
-def score_options(options) -> dict:
-    """The rerank options that change the scores or which pairs are scored: the model name
-    (its weights are keyed by fingerprint), the pair token limit and the depth."""
-    return {"model": options.model, "max_length": options.max_length, "top_k": options.top_k}
+def score_options(options, model: str) -> dict:
+    """The rerank options that change ``model``'s scores or which pairs are scored: the model
+    name (its weights are keyed by fingerprint), the pair token limit and the depth."""
+    return {"model": model, "max_length": options.max_length, "top_k": options.top_k}
 
 
 def compute_precision(device: str) -> str:

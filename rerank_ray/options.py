@@ -40,6 +40,7 @@ class OptionSpec:
         path: The value may be a local path (``submit`` makes it absolute before it travels).
         aliases: Other spellings of the flag.
         group: The ``--help`` section; ``None``: the section's (:data:`SECTION_GROUPS`).
+        repeat: The flag may be given several times; the field holds every value, in order.
     """
 
     flag: str
@@ -50,6 +51,7 @@ class OptionSpec:
     path: bool = False
     aliases: tuple[str, ...] = ()
     group: str | None = None
+    repeat: bool = False
 
 
 def option(default=MISSING, flag: str = "", help: str = "", **spec) -> dataclasses.Field:
@@ -111,6 +113,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, groups: dict[str, 
             kwargs["action"] = "store_false" if default else "store_true"
             kwargs["help"] = spec.help
         else:
+            if spec.repeat:
+                kwargs["action"] = "append"
             for name in ("type", "metavar", "choices"):
                 if getattr(spec, name) is not None:
                     kwargs[name] = getattr(spec, name)

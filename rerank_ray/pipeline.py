@@ -30,7 +30,7 @@ from rerank_ray.datasets import PreparedData, prepare_data
 from rerank_ray.errors import ConfigError
 from rerank_ray.export import exported_paths
 from rerank_ray.inputs import RunInputs, library_versions
-from rerank_ray.io import discard, exists, read_json
+from rerank_ray.io import discard, exists, join, list_files, split
 from rerank_ray.keys import digest
 from rerank_ray.local_ray import connect_ray
 from rerank_ray.rundir import RunDirectory
@@ -88,7 +88,10 @@ class Pipeline:
         return PreparedData.from_dict(self.manifest["data"])
 
     def _outputs(self, stage: str) -> list[str]:
-        return [getattr(self.run, name) for name in STAGE_TABLE[stage].writes]
+        paths = [getattr(self.run, name) for name in STAGE_TABLE[stage].writes]
+        if stage == "rerank":  # one file per reranker in the rerank folder
+            paths += [self.run.rerank_path(system) for system in self.config.rerank.systems]
+        return paths
 
     def _invalidate_after(self, stage: str) -> None:
         """Remove what later stages wrote: it was computed from what this stage replaces.
@@ -200,7 +203,7 @@ class Pipeline:
             log.info("stage embed: skipped (%s the retrieval)", source)
             return
         prepared = self._prepared()
-        embedder = self.inputs.model("embedder")
+        embedder = self.inputs.embedder()
         self.inputs.check_supplied()
         options = self.inputs.embedding_options()
         self.manifest["models"]["embedder"] = {**embedder.to_dict(), "options": options.__dict__}
@@ -333,71 +336,117 @@ class Pipeline:
         recorded = self.manifest["stages"].get("retrieve", {}).get("depth")
         return min(self.config.top_k, recorded or self.config.top_k)
 
-    def rerank(self) -> None:
-        """Rescore the top retrieved passages with the cross-encoder (skipped for ``none``)."""
-        from rerank_ray.rerank import rerank_candidates
+    def system_key(self, system: str) -> str:
+        """A hash of what one reranker's scores are computed from: the retrieval's key, the
+        reranker's weights and the options that change its scores (:class:`RunInputs`)."""
+        payload = [self.stage_key("retrieve"), "rerank", self.inputs.system_depends_on(system)]
+        return digest(payload)[:16]
 
+    def rerank(self) -> None:
+        """Rescore the top retrieved passages with each reranker (skipped for ``none``).
+
+        Each reranker is a system scored into its own ``rerank/<system>.parquet``, whose
+        metadata records the key it was computed with (:meth:`system_key`) and its row count.
+        A file whose key is current and whose rows are the candidate pairs is kept, so adding
+        a reranker to a run scores only the new one; files of rerankers the run no longer has
+        are removed.
+        """
+        from rerank_ray.rerank import candidate_count, rerank_candidates, scored_with, system_stem
+
+        self._discard_single_reranker_files()
         if not self.config.reranks:
             self._invalidate_after("retrieve")  # a previous reranker's output no longer applies
-            self.manifest["models"]["reranker"] = None
+            self.manifest["models"]["rerankers"] = {}
             self.run.write_manifest(self.manifest)
             log.info("stage rerank: skipped (reranker none)")
             return
         self.run.require(self.run.retrieval_path, "retrieve")
         prepared = self._prepared()
-        reranker = self.inputs.model("reranker")
-        self.manifest["models"]["reranker"] = {
-            **reranker.to_dict(),
-            "options": self.config.rerank.to_dict(),
+        systems = self.config.rerank.systems
+        self.manifest["models"]["rerankers"] = {
+            system: {
+                **self.inputs.reranker(system).to_dict(),
+                "options": self.config.rerank.to_dict(),
+            }
+            for system in systems
         }
-        connect_ray(self.config.compute.address)
-        resources = self._plan_pool()
+        kept = {system_stem(system) for system in systems}
+        pairs = candidate_count(self.run.retrieval_path, self.config.rerank.top_k)
 
         def work() -> dict:
-            stats = rerank_candidates(
-                self.run.retrieval_path,
-                prepared.corpus_path,
-                prepared.queries_path,
-                self.run.rerank_path,
-                self.config.rerank,
-                resources=resources,
-                rows_per_call=self.config.compute.rows_per_call,
-            )
-            return {**stats.to_dict(), "pairs_per_second": round(stats.rows_per_second, 3)}
+            for path in list_files(self.run.rerank_dir):
+                if split(path)[1].rsplit(".", 1)[0] not in kept:
+                    discard(path)  # the scores (or an export) of a reranker no longer run
+            stats: dict = {"systems": {}, "rows": 0}
+            resources = None
+            for system, model in systems.items():
+                path, key = self.run.rerank_path(system), self.system_key(system)
+                recorded = scored_with(path)
+                if recorded and recorded["key"] == key and recorded["rows"] == pairs:
+                    log.info("rerank %s: scored with the same inputs before, kept", system)
+                    stats["systems"][system] = {**recorded["stats"], "reused": True}
+                    continue
+                for export in exported_paths(self.run.root, "rerank", system):
+                    discard(export)
+                if resources is None:
+                    connect_ray(self.config.compute.address)
+                    resources = self._plan_pool()
+                log.info("rerank %s: scoring %d pairs with %s", system, pairs, model)
+                scored = rerank_candidates(
+                    self.run.retrieval_path,
+                    prepared.corpus_path,
+                    prepared.queries_path,
+                    path,
+                    self.config.rerank.only(model),
+                    resources=resources,
+                    rows_per_call=self.config.compute.rows_per_call,
+                    key=key,
+                )
+                stats["systems"][system] = scored.to_dict()
+            stats["rows"] = sum(s["rows"] for s in stats["systems"].values())
+            return stats
 
         self._timed("rerank", work)
 
+    def _discard_single_reranker_files(self) -> None:
+        """Remove ``rerank.parquet`` and ``rerank.trec``, the one-reranker layout earlier
+        versions wrote (its scores are keyed by nothing this version can check)."""
+        for name in ("rerank.parquet", "rerank.trec"):
+            discard(join(self.run.root, name))
+
     def evaluate(self) -> dict:
-        """Metrics of each stage's rankings; writes metrics.json, report.md and report.png."""
+        """Metrics of each system's rankings; writes metrics.json, per_query.parquet,
+        significance.json, report.md and report.png."""
         from rerank_ray.cross_encoder import SMOKE_WARNING, is_smoke_model
         from rerank_ray.evaluation import evaluate_run, rerank_cost
         from rerank_ray.report import write_report
 
         self.run.require(self.run.retrieval_path, "retrieve")
         prepared = self._prepared()
-        reranked = self.config.reranks and exists(self.run.rerank_path)
-        if self.config.reranks and not reranked:
-            raise ConfigError(f"{self.run.rerank_path}: missing; run the 'rerank' stage first")
+        systems = self.config.rerank.systems
+        self.require_upstream("evaluate")  # every reranker's file, with the current key
         result: dict = {}
+        significance: dict = {}
 
         def work() -> dict:
             metrics, stats = evaluate_run(
                 self.run.retrieval_path,
-                self.run.rerank_path if reranked else None,
+                {system: self.run.rerank_path(system) for system in systems},
                 prepared.qrels_path,
                 self.retrieval_depth(),
                 self.run,
-                note=SMOKE_WARNING if reranked and is_smoke_model(self.config.reranker) else None,
+                notes={s: SMOKE_WARNING for s, model in systems.items() if is_smoke_model(model)},
                 depths=self.config.rerank.depths,
+                rerank_costs={system: rerank_cost(self.manifest, system) for system in systems},
                 metrics=self.config.metric_names,
                 queries_path=prepared.queries_path,
-                rerank_cost=rerank_cost(self.manifest),
+                baseline=self.config.baseline,
             )
             result.update(metrics)
+            significance.update(stats.pop("significance"))
             return {**stats, "depth": self.retrieval_depth()}
 
         self._timed("evaluate", work)
-        significance = read_json(self.run.significance_path)
         write_report(self.run.report_path, result, self.manifest, significance)
         return result
 

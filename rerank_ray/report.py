@@ -9,7 +9,6 @@ from rerank_ray.metrics import (
     depth_note,
     parse_metric,
 )
-from rerank_ray.parquet import read_table
 
 SMOKE_MODELS = ("minilm-smoke",)
 SMOKE_NOTE = (
@@ -18,41 +17,53 @@ SMOKE_NOTE = (
 )
 
 
-def metrics_table(metrics: dict[str, dict[str, float]], significant: set | None = None) -> str:
-    """A Markdown table: one row per stage (``retrieval``, …), one column per metric, and the
-    rerank's difference, marked ``*`` for the metrics in ``significant``.
+def metrics_table(
+    metrics: dict[str, dict[str, float]],
+    significant: dict[str, set] | None = None,
+    baseline: str = "retrieval",
+) -> str:
+    """A Markdown table: one row per system (``retrieval``, then each reranker), one column
+    per metric, then each other system's difference from ``baseline`` (``Δ system``), marked
+    ``*`` for the metrics in ``significant[system]``.
 
     Example:
-        >>> print(metrics_table({"retrieval": {"recall@1": 0.5, "mrr@10": 0.75}}))
-        | stage | recall@1 | mrr@10 |
-        |---|---:|---:|
-        | retrieval | 0.5000 | 0.7500 |
+        >>> print(metrics_table({"retrieval": {"mrr@10": 0.5}, "ce": {"mrr@10": 0.75}}, {"ce": {"mrr@10"}}))
+        | system | mrr@10 |
+        |---|---:|
+        | retrieval | 0.5000 |
+        | ce | 0.7500 |
+        | Δ ce | +0.2500* |
     """
     names = list(dict.fromkeys(m for values in metrics.values() for m in values))
     lines = [
-        "| stage | " + " | ".join(names) + " |",
+        "| system | " + " | ".join(names) + " |",
         "|---|" + "---:|" * len(names),
     ]
-    for stage, values in metrics.items():
+    for system, values in metrics.items():
         cells = [f"{values[m]:.4f}" if m in values else "" for m in names]
-        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
-    if "retrieval" in metrics and "rerank" in metrics:
-        before, after = metrics["retrieval"], metrics["rerank"]
-        marked = significant or set()
+        lines.append(f"| {system} | " + " | ".join(cells) + " |")
+    before = metrics.get(baseline)
+    for system, after in metrics.items():
+        if before is None or system == baseline:
+            continue
+        marked = (significant or {}).get(system, set())
         cells = [
             f"{after[m] - before[m]:+.4f}" + ("*" if m in marked else "")
             if m in after and m in before
             else ""
             for m in names
         ]
-        lines.append("| difference | " + " | ".join(cells) + " |")
+        lines.append(f"| Δ {system} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def significant_metrics(significance: dict | None, system: str = "rerank") -> set[str]:
-    """The metrics on which ``system`` differs significantly from the baseline."""
-    comparisons = (significance or {}).get("comparisons", [])
-    return {c["metric"] for c in comparisons if c["system"] == system and c["significant"]}
+def significant_metrics(significance: dict | None) -> dict[str, set]:
+    """``{system: metrics on which it differs significantly from the baseline}``."""
+    found: dict[str, set] = {}
+    for c in (significance or {}).get("comparisons", []):
+        if c["significant"]:
+            found.setdefault(c["system"], set()).add(c["metric"])
+    return found
 
 
 def significance_note(significance: dict | None) -> str:
@@ -122,59 +133,6 @@ def depth_table(sweep: list[dict] | None) -> str:
     return "\n".join(lines)
 
 
-def compare_stages(before: dict, after: dict, qrels: dict) -> dict[str, int]:
-    """How many judged queries the second ranking improved, hurt or left unchanged.
-
-    Judged by reciprocal rank of the first relevant passage over the whole ranking.
-
-    Example:
-        >>> compare_stages({"q": ["a", "b"]}, {"q": ["b", "a"]}, {"q": {"b": 1}})
-        {'improved': 1, 'hurt': 0, 'unchanged': 0}
-    """
-    counts = {"improved": 0, "hurt": 0, "unchanged": 0}
-    for _, _, _, delta in _first_relevant_changes(before, after, qrels):
-        counts["improved" if delta > 0 else "hurt" if delta < 0 else "unchanged"] += 1
-    return counts
-
-
-def _first_relevant_changes(before: dict, after: dict, qrels: dict):
-    """``(qid, rank before, rank after, change in reciprocal rank)`` of the first relevant
-    passage, for each query with a relevant passage (a rank is ``None`` when none is ranked)."""
-    for qid, judgements in qrels.items():
-        if not any(r >= 1 for r in judgements.values()):
-            continue
-        old = first_relevant_rank(before.get(qid, []), judgements)
-        new = first_relevant_rank(after.get(qid, []), judgements)
-        yield qid, old, new, (1 / new if new else 0.0) - (1 / old if old else 0.0)
-
-
-def first_relevant_rank(ranking: list[str], judgements: dict) -> int | None:
-    """The 1-based rank of the first relevant passage, ``None`` when none is ranked."""
-    for rank, pid in enumerate(ranking, start=1):
-        if judgements.get(pid, 0) >= 1:
-            return rank
-    return None
-
-
-def most_changed(before: dict, after: dict, qrels: dict, texts: dict, n: int = 10) -> dict:
-    """The ``n`` queries the second ranking improved most and the ``n`` it hurt most, by the
-    change in the reciprocal rank of the first relevant passage (ties by qid): each with its
-    text and that rank before and after.
-
-    Example:
-        >>> most_changed({"q": ["a", "b"]}, {"q": ["b", "a"]}, {"q": {"b": 1}}, {"q": "why?"})
-        {'improved': [{'qid': 'q', 'query': 'why?', 'before': 2, 'after': 1}], 'hurt': []}
-    """
-    changes = []
-    for qid, old, new, delta in _first_relevant_changes(before, after, qrels):
-        if delta:
-            row = {"qid": qid, "query": texts.get(qid, ""), "before": old, "after": new}
-            changes.append((delta, qid, row))
-    improved = [row for delta, _, row in sorted(changes, key=lambda c: (-c[0], c[1])) if delta > 0]
-    hurt = [row for delta, _, row in sorted(changes, key=lambda c: (c[0], c[1])) if delta < 0]
-    return {"improved": improved[:n], "hurt": hurt[:n]}
-
-
 def changed_table(rows: list[dict]) -> str:
     """The queries of :func:`most_changed` as a Markdown table."""
     lines = ["| qid | query | first relevant before | after |", "|---|---|---:|---:|"]
@@ -204,44 +162,49 @@ def rerank_depth_note(rerank_depth: int, metric_names) -> str:
 
 
 def render_report(metrics: dict, manifest: dict, significance: dict | None = None) -> str:
-    """The report's Markdown: metrics (with the significance of the rerank's differences),
-    models, data and stage timings."""
+    """The report's Markdown: metrics (with the significance of each system's differences
+    from the baseline), each reranker's effect and depth sweep, models, data and timings."""
     config = manifest.get("config", {})
+    evaluation = manifest.get("stages", {}).get("evaluate", {})
+    rerankers = (manifest.get("models") or {}).get("rerankers") or {}
     lines = ["# rerank-ray report", "", "## Metrics", ""]
-    reranker = (manifest.get("models") or {}).get("reranker")
-    if reranker and reranker.get("name") in SMOKE_MODELS:
+    smoke = [s for s, model in rerankers.items() if model.get("name") in SMOKE_MODELS]
+    if smoke:
         lines += [SMOKE_NOTE, ""]
-    lines += [metrics_table(metrics, significant_metrics(significance)), ""]
-    if "rerank" in metrics and significance:
+    baseline = (significance or {}).get("baseline", "retrieval")
+    lines += [metrics_table(metrics, significant_metrics(significance), baseline), ""]
+    if len(metrics) > 1 and significance:
         lines += [significance_note(significance), "", significance_table(significance), ""]
-    if "rerank" in metrics:
-        depth = reranker["options"].get("top_k") or config.get("top_k")
-        effect = manifest.get("stages", {}).get("evaluate", {}).get("rerank_effect", {})
+    depth = (config.get("rerank") or {}).get("top_k") or config.get("top_k")
+    for system in rerankers:
+        if system not in metrics:
+            continue
+        lines += [f"### {system}", ""]
+        effect = (evaluation.get("rerank_effect") or {}).get(system)
         if effect:
             lines.append(
-                f"The reranker improved {effect['improved']} queries, hurt {effect['hurt']} and"
-                f" left {effect['unchanged']} unchanged (reciprocal rank of the first relevant"
-                " passage)."
+                f"{system} improved {effect['improved']} queries, hurt {effect['hurt']} and"
+                f" left {effect['unchanged']} unchanged against the retrieval (reciprocal rank"
+                " of the first relevant passage)."
             )
-        note = rerank_depth_note(depth, list(metrics["rerank"]))
+        note = rerank_depth_note(depth, list(metrics[system]))
         lines += [note, ""]
-        changed = manifest.get("stages", {}).get("evaluate", {}).get("most_changed") or {}
+        changed = (evaluation.get("most_changed") or {}).get(system) or {}
         for kind in ("improved", "hurt"):
             if changed.get(kind):
                 lines += [f"Most {kind} queries:", "", changed_table(changed[kind]), ""]
-        sweep = manifest.get("stages", {}).get("evaluate", {}).get("depth_sweep")
+        sweep = (evaluation.get("depth_sweep") or {}).get(system)
         if sweep:
             lines += [
-                "### How deep to rerank",
-                "",
-                "The rerank's metrics had it reranked only the top *d* retrieved passages of"
-                " each query, from the stored scores; actor-seconds are the rerank stage's busy"
+                "How deep to rerank: the metrics had it reranked only the top *d* retrieved"
+                " passages of each query, from the stored scores; actor-seconds are its busy"
                 " time scaled by the share of pairs (an estimate).",
                 "",
                 depth_table(sweep),
                 "",
             ]
-        lines += ["![recall@k and score distributions](report.png)", ""]
+    if rerankers:
+        lines += ["![recall@k, score distributions, depth](report.png)", ""]
     evaluation = manifest.get("stages", {}).get("evaluate", {})
     if evaluation.get("not_reported"):
         depth = evaluation.get("depth", config.get("top_k"))
@@ -254,7 +217,10 @@ def render_report(metrics: dict, manifest: dict, significance: dict | None = Non
         )
         lines.append("")
     lines += ["## Models", "", "| role | name | path | fingerprint |", "|---|---|---|---|"]
-    for role, model in manifest.get("models", {}).items():
+    models = manifest.get("models") or {}
+    roles = [("embedder", models.get("embedder"))]
+    roles += [(f"reranker {system}", model) for system, model in rerankers.items()]
+    for role, model in roles:
         if model and model.get("path"):
             lines.append(
                 f"| {role} | {model['name']} | `{model['path']}` | `{model['fingerprint'][:23]}…` |"
@@ -297,86 +263,59 @@ def write_report(
     write_text(path, render_report(metrics, manifest, significance))
 
 
-def recall_curve(ranking: dict, qrels: dict, depth: int) -> list[float]:
-    """Mean recall@k for k = 1..``depth`` over the judged queries, in one pass over the rankings
-    (each relevant passage found at rank r adds 1/|relevant| to every k >= r).
-
-    Example:
-        >>> recall_curve({"q": ["a", "x", "b"]}, {"q": {"a": 1, "b": 1}}, 3)
-        [0.5, 0.5, 1.0]
-    """
-    import numpy as np
-
-    found = np.zeros(depth + 1)
-    judged = 0
-    for qid, judgements in qrels.items():
-        relevant = {pid for pid, grade in judgements.items() if grade >= 1}
-        if not relevant:
-            continue
-        judged += 1
-        for rank, pid in enumerate(ranking.get(qid, [])[:depth], start=1):
-            if pid in relevant:
-                found[rank] += 1 / len(relevant)
-    return (np.cumsum(found)[1:] / max(judged, 1)).tolist()
-
-
 def write_plot(
     path: str,
-    rankings: dict,
-    qrels: dict,
-    rerank_path: str | None,
-    top_k: int,
-    note: str | None = None,
-    sweep: list[dict] | None = None,
+    curves: dict[str, list[float]],
+    scores: dict[str, tuple],
+    notes: dict[str, str] | None = None,
+    sweeps: dict[str, list[dict]] | None = None,
 ) -> None:
-    """``report.png``: recall@k against k for each stage, the reranker's scores of relevant
-    and non-relevant pairs (when there is a rerank stage), and nDCG@10 / MRR@10 against the
-    rerank depth with its cost (with a depth ``sweep``); ``note`` as a title."""
+    """``report.png``: recall@k against k for each system (``curves``, k from 1), each
+    reranker's scores of relevant and other pairs (``scores``: ``{system: (relevant,
+    other)}``), and nDCG@10 / MRR@10 against the rerank depth with its cost (``sweeps``);
+    ``notes`` as a title."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = 1 + bool(rerank_path) + bool(sweep)
+    panels = 1 + bool(scores) + bool(sweeps)
     figure, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
-    ks = list(range(1, top_k + 1))
-    for stage, ranking in rankings.items():
-        axes[0][0].plot(ks, recall_curve(ranking, qrels, top_k), label=stage)
+    for system, curve in curves.items():
+        axes[0][0].plot(range(1, len(curve) + 1), curve, label=system)
     axes[0][0].set(xscale="log", xlabel="k", ylabel="recall@k", title="Recall by depth")
     axes[0][0].grid(True, alpha=0.3)
     axes[0][0].legend()
-    if rerank_path:
-        table = read_table(rerank_path, columns=["qid", "pid", "score"]).to_pydict()
-        relevant, other = [], []
-        for qid, pid, score in zip(table["qid"], table["pid"], table["score"]):
-            (relevant if qrels.get(qid, {}).get(pid, 0) >= 1 else other).append(score)
-        bins = 40
-        axes[0][1].hist(
-            other, bins=bins, alpha=0.6, density=True, label=f"non-relevant ({len(other)})"
-        )
-        axes[0][1].hist(
-            relevant, bins=bins, alpha=0.6, density=True, label=f"relevant ({len(relevant)})"
-        )
-        axes[0][1].set(xlabel="reranker score (logit)", ylabel="density", title="Reranker scores")
-        axes[0][1].legend()
-    if sweep:
+    if scores:
+        axis = axes[0][1]
+        for system, (relevant, other) in scores.items():
+            label = f"{system}: " if len(scores) > 1 else ""
+            axis.hist(other, bins=40, alpha=0.5, density=True,
+                      label=f"{label}non-relevant ({len(other)})")  # fmt: skip
+            axis.hist(relevant, bins=40, alpha=0.5, density=True,
+                      label=f"{label}relevant ({len(relevant)})")  # fmt: skip
+        axis.set(xlabel="reranker score", ylabel="density", title="Reranker scores")
+        axis.legend(fontsize=8)
+    if sweeps:
         axis = axes[0][panels - 1]
-        depths = [row["depth"] for row in sweep]
-        for name in ("ndcg@10", "mrr@10"):
-            if name in sweep[0]["metrics"]:
-                axis.plot(depths, [row["metrics"][name] for row in sweep], marker="o", label=name)
-        axis.set(xlabel="rerank depth", ylabel="metric", title="How deep to rerank")
-        axis.legend(loc="lower left")
-        cost_key = (
-            "actor_seconds_per_1000_queries"
-            if "actor_seconds_per_1000_queries" in sweep[0]
-            else "pairs_per_1000_queries"
-        )
         cost = axis.twinx()
-        cost.plot(depths, [row[cost_key] for row in sweep], color="gray", linestyle="--")
-        cost.set_ylabel(cost_key.replace("_", " "))
-    if note:
-        figure.suptitle(note, color="darkred", fontsize=10)
+        for system, sweep in sweeps.items():
+            depths = [row["depth"] for row in sweep]
+            for name in ("ndcg@10", "mrr@10"):
+                if name in sweep[0]["metrics"]:
+                    values = [row["metrics"][name] for row in sweep]
+                    axis.plot(depths, values, marker="o", label=f"{system} {name}")
+            cost_key = (
+                "actor_seconds_per_1000_queries"
+                if "actor_seconds_per_1000_queries" in sweep[0]
+                else "pairs_per_1000_queries"
+            )
+            cost.plot(depths, [row[cost_key] for row in sweep], color="gray", linestyle="--")
+            cost.set_ylabel(cost_key.replace("_", " "))
+        axis.set(xlabel="rerank depth", ylabel="metric", title="How deep to rerank")
+        axis.legend(loc="lower left", fontsize=8)
+    if notes:
+        figure.suptitle("; ".join(sorted(set(notes.values()))), color="darkred", fontsize=10)
     figure.tight_layout()
     image = io.BytesIO()
     figure.savefig(image, format="png", dpi=100)

@@ -11,13 +11,15 @@ Example::
 
     stats = rerank_candidates("RUN/retrieval.parquet", "RUN/data/corpus.parquet",
                               "RUN/data/queries.parquet", "RUN/rerank.parquet",
-                              RerankOptions(model="minilm-smoke"))
+                              RerankOptions(models="minilm-smoke"))
 """
 
 from __future__ import annotations
 
+import json
+import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -25,7 +27,7 @@ import pyarrow.compute as pc
 
 from rerank_ray.bi_encoder import BiEncoderScorer, is_bi_encoder
 from rerank_ray.cross_encoder import CrossEncoder, sigmoid
-from rerank_ray.errors import ConfigError
+from rerank_ray.errors import ConfigError, DataError
 from rerank_ray.io import atomic_path, discard, temporary_sibling
 from rerank_ray.options import option
 from rerank_ray.parquet import read_dataset, read_table, write_dataset, write_table
@@ -65,25 +67,58 @@ def parse_depths(text: str) -> tuple[int, ...]:
         raise ValueError(f"not a comma-separated list of depths: {text!r}") from None
 
 
+def system_name(model: str) -> str:
+    """The name a reranker's results go by (metrics.json, reports, its file): the model's
+    folder or Hub repository name, ``bi:`` kept.
+
+    Example:
+        >>> [system_name(m) for m in ["BAAI/bge-reranker-large", "bi:minilm", "/models/ce/", "minilm-smoke"]]
+        ['bge-reranker-large', 'bi:minilm', 'ce', 'minilm-smoke']
+    """
+    prefix = "bi:" if model.startswith("bi:") else ""
+    return prefix + model[len(prefix) :].rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def system_stem(system: str) -> str:
+    """A system's file name without suffix: its name with characters other than letters,
+    digits, ``.``, ``_`` and ``-`` replaced by ``_``.
+
+    Example:
+        >>> system_stem("bi:minilm")
+        'bi_minilm'
+    """
+    return re.sub(r"[^A-Za-z0-9._-]", "_", system)
+
+
 @dataclass(frozen=True)
 class RerankOptions:
     """How candidates are rescored.
 
     Args:
-        model: ``minilm-smoke``, a local directory or a Hub name.
+        models: The rerankers, each scored over the same candidates into its own system
+            (:func:`system_name`): ``minilm-smoke``, a local directory, a Hub name or
+            ``bi:EMBEDDER``; ``("none",)`` skips the stage. A single name may be given as a
+            string.
         top_k: Candidates reranked per query (the top of the retrieval); ``None``: all.
         max_length: Token limit of a (query, passage) pair, as ``FlagReranker``'s.
         batch_size: Most pairs per forward pass.
         max_tokens_per_batch: Most padded tokens per forward pass.
+        depths: Also evaluate reranking only the top ``d`` of each query, for each ``d``.
+
+    Example:
+        >>> RerankOptions(models=("BAAI/bge-reranker-large", "bi:minilm")).systems
+        {'bge-reranker-large': 'BAAI/bge-reranker-large', 'bi:minilm': 'bi:minilm'}
     """
 
-    model: str = option(
-        DEFAULT_RERANKER,
+    models: tuple[str, ...] = option(
+        (DEFAULT_RERANKER,),
         "--reranker",
         "cross-encoder (Hub name, local directory, 'minilm-smoke' for tests), bi:EMBEDDER to"
-        " rescore by an embedding model's inner products, or none",
+        " rescore by an embedding model's inner products, or none; repeat it to compare"
+        f" several over the same candidates (default: {DEFAULT_RERANKER})",
         metavar="MODEL",
         path=True,
+        repeat=True,
     )
     top_k: int | None = option(
         None, "--rerank-top-k", "rerank the top N retrieved (default: all)", type=int, metavar="N"
@@ -105,6 +140,30 @@ class RerankOptions:
     )
 
     def __post_init__(self):
+        models = (self.models,) if isinstance(self.models, str) else tuple(self.models)
+        object.__setattr__(self, "models", models)
+        if not models:
+            raise ConfigError("models: give a reranker, or none", RerankOptions, "models")
+        if any(m.lower() == "none" for m in models) and len(models) > 1:
+            raise ConfigError(
+                "models: none (no reranking) cannot be combined with rerankers",
+                RerankOptions,
+                "models",
+            )
+        names = [system_name(m) for m in models]
+        for name in names:
+            if name == "retrieval" or names.count(name) > 1:
+                raise ConfigError(
+                    f"models: two systems would be named {name!r} (rerankers are named by"
+                    " folder or Hub name; 'retrieval' is the retrieval's)",
+                    RerankOptions,
+                    "models",
+                )
+        stems = [system_stem(n) for n in names]
+        if len(set(stems)) < len(stems):
+            raise ConfigError(
+                f"models: {', '.join(names)} would share a file name", RerankOptions, "models"
+            )
         if self.depths is not None:
             object.__setattr__(self, "depths", tuple(sorted(set(self.depths))))
             if not self.depths or self.depths[0] < 1:
@@ -132,6 +191,35 @@ class RerankOptions:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def reranks(self) -> bool:
+        """Whether there is a reranker (not ``none``)."""
+        return self.models[0].lower() != "none"
+
+    @property
+    def systems(self) -> dict[str, str]:
+        """``{system name: model}`` of the rerankers, in the order given."""
+        return {system_name(m): m for m in self.models} if self.reranks else {}
+
+    @property
+    def model(self) -> str:
+        """The reranker of options that hold exactly one (what an actor scores with)."""
+        if len(self.models) != 1:
+            raise ValueError(f"several rerankers: {', '.join(self.models)}; score one at a time")
+        return self.models[0]
+
+    def only(self, model: str) -> RerankOptions:
+        """These options with ``model`` as the only reranker."""
+        return replace(self, models=(model,))
+
+
+def candidate_count(retrieval_path: str, top_k: int | None) -> int:
+    """How many (query, passage) pairs reranking the top ``top_k`` of each query scores."""
+    ranks = read_table(retrieval_path, columns=["rank"]).column("rank")
+    if top_k is None:
+        return len(ranks)
+    return int(pc.sum(pc.less_equal(ranks, top_k)).as_py() or 0)
 
 
 def candidate_pairs_table(retrieval_path: str, queries_path: str, top_k: int | None) -> pa.Table:
@@ -224,6 +312,10 @@ def rank_scored_pairs(scored: pa.Table) -> pa.Table:
     )
 
 
+#: The Parquet metadata entry of a rerank file that says what it was computed from.
+KEY_METADATA = b"rerank_ray.scored"
+
+
 def rerank_candidates(
     retrieval_path: str,
     corpus_path: str,
@@ -232,17 +324,20 @@ def rerank_candidates(
     options: RerankOptions,
     resources: ActorResources | None = None,
     rows_per_call: int = 4096,
+    key: str = "",
 ) -> StageStats:
-    """Score the top retrieved passages of every query with a cross-encoder on Ray.
+    """Score the top retrieved passages of every query with one reranker on Ray.
 
     Args:
         retrieval_path: ``retrieval.parquet`` (``qid, pid, rank, score``).
         corpus_path: The normalized corpus table (``pid, text``).
         queries_path: The normalized queries table (``qid, text``).
-        output_path: ``rerank.parquet`` to write.
-        options: The reranker and its limits.
+        output_path: The system's ``rerank/<system>.parquet`` to write.
+        options: The reranker (exactly one, :meth:`RerankOptions.only`) and its limits.
         resources: The actor pool; sized from the cluster when ``None``.
         rows_per_call: Pairs per actor call (length-sorted within the call).
+        key: What the scores were computed from, written with the stage's statistics into
+            the file's metadata (:func:`scored_with` reads them back).
 
     Returns:
         Pairs scored, wall time and the resources used.
@@ -281,15 +376,33 @@ def rerank_candidates(
             " (is a candidate pid missing from the corpus?)"
         )
     ranked = rank_scored_pairs(table)
-    with atomic_path(output_path) as tmp:
-        write_table(ranked, tmp)
     counts, used = collect_counters(counters, resources)
-    return StageStats(
+    stats = StageStats(
         rows=ranked.num_rows,
         wall_seconds=time.perf_counter() - started,
         resources=used,
         counts=counts,
     )
+    record = json.dumps({"key": key, "model": options.model, "stats": stats.to_dict()})
+    with atomic_path(output_path) as tmp:
+        write_table(ranked.replace_schema_metadata({KEY_METADATA: record.encode()}), tmp)
+    return stats
+
+
+def scored_with(path: str) -> dict | None:
+    """What the rerank file at ``path`` records it was computed from (``key``, ``model``,
+    ``stats``) and its ``rows``; ``None`` when it is missing, unreadable or records nothing."""
+    from rerank_ray.io import exists
+    from rerank_ray.parquet import parquet_rows, parquet_schema
+
+    try:
+        if not exists(path):
+            return None
+        metadata = parquet_schema(path).metadata or {}
+        record = json.loads(metadata[KEY_METADATA])
+        return {**record, "rows": parquet_rows(path)}
+    except (OSError, KeyError, ValueError, pa.ArrowInvalid, DataError):
+        return None
 
 
 def reranked_rankings(rerank_path: str, retrieved: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -299,7 +412,7 @@ def reranked_rankings(rerank_path: str, retrieved: dict[str, list[str]]) -> dict
     places after them, so metrics at cutoffs beyond ``n`` stay comparable.
 
     Args:
-        rerank_path: ``rerank.parquet``.
+        rerank_path: A system's ``rerank/<system>.parquet``.
         retrieved: The retrieval rankings (``read_ranking`` of ``retrieval.parquet``).
     """
     from rerank_ray.ranking import read_ranking

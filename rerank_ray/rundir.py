@@ -71,7 +71,7 @@ MANIFEST_NAME = "manifest.json"
 #: Names :func:`rerank_ray.io.temporary_sibling` gives: ``.NAME.tmp-`` and 8 hex digits.
 TEMPORARY_NAME = re.compile(r"^\..+\.tmp-[0-9a-f]{8}$")
 #: Folders of a run directory (relative to it) where stages stage their outputs.
-STAGING_FOLDERS = ((), ("data",), ("embeddings",))
+STAGING_FOLDERS = ((), ("data",), ("embeddings",), ("rerank",))
 
 
 class RunDirectory:
@@ -92,7 +92,7 @@ class RunDirectory:
     corpus_embeddings_dir = _at("embeddings", "corpus")
     query_embeddings_dir = _at("embeddings", "queries")
     retrieval_path = _at("retrieval.parquet")
-    rerank_path = _at("rerank.parquet")
+    rerank_dir = _at("rerank")
     plot_path = _at("report.png")
     metrics_path = _at("metrics.json")
     per_query_path = _at("per_query.parquet")
@@ -101,6 +101,13 @@ class RunDirectory:
     manifest_path = _at(MANIFEST_NAME)
     lock_path = _at(LOCK_NAME)
     del _at
+
+    def rerank_path(self, system: str) -> str:
+        """``rerank/<system>.parquet``: one reranker's scores and ranks
+        (:func:`rerank_ray.rerank.system_stem` names the file)."""
+        from rerank_ray.rerank import system_stem
+
+        return join(self.rerank_dir, system_stem(system) + ".parquet")
 
     def read_manifest(self) -> dict:
         """The manifest, ``{}`` if there is none; a manifest rerank-ray did not write is a

@@ -32,7 +32,7 @@ STAGE_TABLE = {
         Stage("prepare", (), ("data_dir",)),
         Stage("embed", ("prepare",), ("corpus_embeddings_dir", "query_embeddings_dir")),
         Stage("retrieve", ("embed",), ("retrieval_path",)),
-        Stage("rerank", ("retrieve",), ("rerank_path",)),
+        Stage("rerank", ("retrieve",), ("rerank_dir",)),
         Stage(
             "evaluate",
             ("retrieve", "rerank"),

@@ -128,7 +128,7 @@ def test_a_plain_run_launches_gpu_nodes_and_matches_a_cpu_run(autoscaling_head, 
     manifest = json.loads((tmp_path / "gpu" / "manifest.json").read_text())
     for stage, pool in (
         ("embed", manifest["stages"]["embed"]["corpus"]["resources"]),
-        ("rerank", manifest["stages"]["rerank"]["resources"]),
+        ("rerank", manifest["stages"]["rerank"]["systems"]["minilm-smoke"]["resources"]),
     ):
         assert pool["policy"] == "auto" and pool["device"] == "cuda", (stage, pool)
         # The first stage finds no GPU alive; later ones may find the nodes it launched.
@@ -148,13 +148,13 @@ def test_a_plain_run_launches_gpu_nodes_and_matches_a_cpu_run(autoscaling_head, 
     cpu_manifest = json.loads((tmp_path / "cpu" / "manifest.json").read_text())
     for pool in (
         cpu_manifest["stages"]["embed"]["corpus"]["resources"],
-        cpu_manifest["stages"]["rerank"]["resources"],
+        cpu_manifest["stages"]["rerank"]["systems"]["minilm-smoke"]["resources"],
     ):
         assert pool["device"] == "cpu" and pool["num_gpus_per_actor"] == 0 and not pool["gpu_ids"]
     assert cpu_manifest["stages"]["retrieve"]["resources"]["num_gpus_per_task"] == 0
     gpu_metrics = json.loads((tmp_path / "gpu" / "metrics.json").read_text())
     cpu_metrics = json.loads((tmp_path / "cpu" / "metrics.json").read_text())
-    assert gpu_metrics.keys() == cpu_metrics.keys() == {"retrieval", "rerank"}
+    assert gpu_metrics.keys() == cpu_metrics.keys() == {"retrieval", "minilm-smoke"}
     assert _close(gpu_metrics, cpu_metrics), (gpu_metrics, cpu_metrics)
     print(f"two runs on the autoscaling cluster: {time.time() - started:.0f} s")
 

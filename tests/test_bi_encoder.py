@@ -55,7 +55,7 @@ def test_rescoring_with_the_retrievals_own_model_reproduces_its_scores(msmarco, 
     )  # fmt: skip
     assert code == 0
     retrieval = pq.read_table(out / "retrieval.parquet").to_pylist()
-    reranked = pq.read_table(out / "rerank.parquet").to_pylist()
+    reranked = pq.read_table(out / "rerank" / "bi_minilm.parquet").to_pylist()
     scores = {(r["qid"], r["pid"]): r["score"] for r in retrieval}
     assert len(reranked) == len(retrieval) == 4 * 8
     for row in reranked:

@@ -264,14 +264,15 @@ def test_a_run_from_candidates_reranks_them_and_exports_what_it_evaluated(
         assert value == pytest.approx(on_file[name], abs=1e-12), name
 
     # Rerank scores are FlagReranker's on the same pairs: the top 10 of trec_eval's order.
-    rerank = pq.read_table(out / "rerank.parquet").to_pylist()
+    rerank = pq.read_table(out / "rerank" / "minilm-smoke.parquet").to_pylist()
     ranks = trec_eval_ranks(trec_run_dict(run_file))
     assert {(r["qid"], r["pid"], r["retrieval_rank"]) for r in rerank} == {
         (qid, pid, rank) for (qid, pid), rank in ranks.items() if rank <= 10
     }
     queries = dict(zip(*pq.read_table(out / "data" / "queries.parquet").to_pydict().values()))
     passages = dict(zip(*pq.read_table(out / "data" / "corpus.parquet").to_pydict().values()))
-    bare = FlagReranker(manifest["models"]["reranker"]["path"], use_fp16=False, devices=["cpu"])
+    smoke = manifest["models"]["rerankers"]["minilm-smoke"]
+    bare = FlagReranker(smoke["path"], use_fp16=False, devices=["cpu"])
     expected = bare.compute_score(
         [(queries[r["qid"]], passages[r["pid"]]) for r in rerank], max_length=128
     )
@@ -281,10 +282,13 @@ def test_a_run_from_candidates_reranks_them_and_exports_what_it_evaluated(
     assert main(["export", str(out), "--format", "trec"]) == 0
     assert capsys.readouterr().out.splitlines() == [
         f"retrieval: {out / 'retrieval.trec'}",
-        f"rerank: {out / 'rerank.trec'}",
+        f"minilm-smoke: {out / 'rerank' / 'minilm-smoke.trec'}",
     ]
-    for system in ("retrieval", "rerank"):
-        path = out / f"{system}.trec"
+    paths = {
+        "retrieval": out / "retrieval.trec",
+        "minilm-smoke": out / "rerank" / "minilm-smoke.trec",
+    }
+    for system, path in paths.items():
         fields = [line.split() for line in path.read_text().splitlines()]
         assert {f[5] for f in fields} == {"bm25" if system == "retrieval" else "minilm-smoke"}
         assert {f[1] for f in fields} == {"Q0"} and len(fields) == 150
@@ -295,12 +299,12 @@ def test_a_run_from_candidates_reranks_them_and_exports_what_it_evaluated(
         assert per_query == list(range(1, 31))
     elsewhere = tmp_path / "exports"
     assert main(["export", str(out), "--out", str(elsewhere)]) == 0
-    assert (elsewhere / "rerank.trec").read_text() == (out / "rerank.trec").read_text()
+    assert (elsewhere / "minilm-smoke.trec").read_text() == paths["minilm-smoke"].read_text()
 
     # A stage that ranks a system again removes that system's export from the run directory.
     assert main(["rerank", "--run", str(out), "--reranker", "none", "--quiet"]) == 0
-    assert (out / "retrieval.trec").exists() and not (out / "rerank.trec").exists()
-    assert main(["export", str(out)]) == 0 and not (out / "rerank.trec").exists()
+    assert (out / "retrieval.trec").exists() and not (out / "rerank").exists()
+    assert main(["export", str(out)]) == 0 and not (out / "rerank").exists()
     assert main(["retrieve", "--run", str(out), "--top-k", "20"]) == 0
     assert not (out / "retrieval.trec").exists()
 

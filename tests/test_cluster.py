@@ -62,7 +62,7 @@ def test_rayjob_entrypoint_is_a_valid_pipeline_command():
     python, script, *options = shlex.split(job["spec"]["entrypoint"])
     assert script.endswith("jobs/pipeline.py")
     config = config_from_args(build_parser().parse_args(["run", *options]))
-    assert config.embedder == "BAAI/bge-m3" and config.reranker == "BAAI/bge-reranker-large"
+    assert config.embedder == "BAAI/bge-m3" and config.rerank.models == ("BAAI/bge-reranker-large",)
     worker = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][
         0
     ]

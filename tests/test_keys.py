@@ -53,7 +53,7 @@ def base_config(dataset, out) -> RunConfig:
         data=DataConfig(dataset=str(dataset), corpus_rows=20, num_queries=5),
         embedder="minilm",
         top_k=10,
-        rerank=RerankOptions(model="minilm-smoke", top_k=5, max_length=128),
+        rerank=RerankOptions(models="minilm-smoke", top_k=5, max_length=128),
     )
 
 
@@ -87,7 +87,9 @@ CHANGES = [
     ("normalize", lambda c: dataclasses.replace(c, embedding=embedding(normalize=False)), "embed"),
     ("storage", lambda c: dataclasses.replace(c, embedding=embedding(storage="float16")), "embed"),
     ("top_k", lambda c: dataclasses.replace(c, top_k=11), "retrieve"),
-    ("rerank model", lambda c: dataclasses.replace(c, rerank=dataclasses.replace(c.rerank, model="none")), "rerank"),
+    ("rerank model", lambda c: dataclasses.replace(c, rerank=c.rerank.only("none")), "rerank"),
+    ("a second reranker", lambda c: dataclasses.replace(c, rerank=dataclasses.replace(c.rerank, models=("minilm-smoke", "bi:minilm"))), "rerank"),
+    ("baseline", lambda c: dataclasses.replace(c, baseline="minilm-smoke"), "evaluate"),
     ("rerank max_length", lambda c: dataclasses.replace(c, rerank=dataclasses.replace(c.rerank, max_length=64)), "rerank"),
     ("rerank top_k", lambda c: dataclasses.replace(c, rerank=dataclasses.replace(c.rerank, top_k=4)), "rerank"),
     ("rerank depths", lambda c: dataclasses.replace(c, rerank=dataclasses.replace(c.rerank, depths=(1, 2))), "evaluate"),
@@ -155,7 +157,7 @@ def test_models_are_keyed_by_their_files_not_their_names(
         dataclasses.replace(base_config(dataset, tmp_path / "b"), embedder=models["other"])
     )
     assert first_changed(base_keys, other) == "embed"
-    reranker = dataclasses.replace(config.rerank, model=models["other"])
+    reranker = config.rerank.only(models["other"])
     other = keys_of(dataclasses.replace(base_config(dataset, tmp_path / "c"), rerank=reranker))
     assert first_changed(base_keys, other) == "rerank"
     # the fingerprint covers the tokenizer and configs; a README is not part of the model

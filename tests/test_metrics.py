@@ -12,35 +12,41 @@ from rerank_ray.metrics import (
     evaluate,
     ndcg_at_k,
     parse_metric,
+    per_query,
     recall_at_k,
     reciprocal_rank_at_k,
 )
 
 
+def _one(ranking, qrels, metric, k):
+    """The metric of one query's ranking ([] when the query has no relevant passage)."""
+    return per_query({"q": ranking}, {"q": qrels}, metric, k)
+
+
 def test_recall_hand_computed():
     qrels = {"a": 1, "b": 2, "c": 0}  # c is judged but not relevant
-    assert recall_at_k(["x", "a", "c"], qrels, 1) == 0.0
-    assert recall_at_k(["x", "a", "c"], qrels, 2) == 0.5
-    assert recall_at_k(["b", "a"], qrels, 2) == 1.0
-    assert recall_at_k([], qrels, 10) == 0.0
+    assert _one(["x", "a", "c"], qrels, recall_at_k, 1) == [0.0]
+    assert _one(["x", "a", "c"], qrels, recall_at_k, 2) == [0.5]
+    assert _one(["b", "a"], qrels, recall_at_k, 2) == [1.0]
+    assert _one([], qrels, recall_at_k, 10) == [0.0]
 
 
 def test_reciprocal_rank_hand_computed():
     qrels = {"a": 1, "b": 1}
-    assert reciprocal_rank_at_k(["x", "y", "b", "a"], qrels, 10) == pytest.approx(1 / 3)
-    assert reciprocal_rank_at_k(["x", "y", "b", "a"], qrels, 2) == 0.0
-    assert reciprocal_rank_at_k(["a"], qrels, 1) == 1.0
-    assert reciprocal_rank_at_k(["x", "c"], {"c": 0}, 10) == 0.0
+    assert _one(["x", "y", "b", "a"], qrels, reciprocal_rank_at_k, 10) == [pytest.approx(1 / 3)]
+    assert _one(["x", "y", "b", "a"], qrels, reciprocal_rank_at_k, 2) == [0.0]
+    assert _one(["a"], qrels, reciprocal_rank_at_k, 1) == [1.0]
+    assert _one(["x", "c"], {"c": 0}, reciprocal_rank_at_k, 10) == []  # not averaged
 
 
 def test_ndcg_hand_computed():
     # ranking [b (rel 1), x, a (rel 2)]; ideal [a, b]
     dcg = 1 / math.log2(2) + 0 + 2 / math.log2(4)
     idcg = 2 / math.log2(2) + 1 / math.log2(3)
-    assert ndcg_at_k(["b", "x", "a"], {"a": 2, "b": 1}, 3) == pytest.approx(dcg / idcg)
+    assert _one(["b", "x", "a"], {"a": 2, "b": 1}, ndcg_at_k, 3) == [pytest.approx(dcg / idcg)]
     # the cutoff drops a from the ranking and b from the ideal
-    assert ndcg_at_k(["b", "x", "a"], {"a": 2, "b": 1}, 1) == pytest.approx(1 / 2)
-    assert ndcg_at_k(["a", "b"], {"a": 2, "b": 1}, 10) == pytest.approx(1.0)
+    assert _one(["b", "x", "a"], {"a": 2, "b": 1}, ndcg_at_k, 1) == [pytest.approx(1 / 2)]
+    assert _one(["a", "b"], {"a": 2, "b": 1}, ndcg_at_k, 10) == [pytest.approx(1.0)]
 
 
 def test_evaluate_excludes_queries_without_relevant_and_scores_missing_rankings_zero():
@@ -159,22 +165,21 @@ def test_graded_qrels_with_unjudged_unranked_and_irrelevant_queries_agree_with_p
         for name, value in reference.items():
             assert result.metrics[name] == pytest.approx(value, abs=1e-12), (name, seed)
         assert result.evaluated_queries == len(relevant)
-        assert set(result.per_query) == relevant
+        assert set(result.qids) == relevant
 
 
 def test_the_plots_recall_curve_is_recall_at_every_k():
     """report.png's curve, computed in one pass, against recall@k evaluated at each k."""
     import random
 
-    from rerank_ray.metrics import evaluate
-    from rerank_ray.report import recall_curve
+    from rerank_ray.metrics import Hits, Judgements, evaluate, recall_curve
 
     rng = random.Random(5)
     pids = [f"p{i}" for i in range(40)]
     qrels = {f"q{i}": {p: rng.choice([0, 1, 2]) for p in rng.sample(pids, 5)} for i in range(30)}
     qrels["q_none"] = {"p1": 0}  # no relevant passage: not averaged
     rankings = {q: rng.sample(pids, 25) for q in list(qrels)[:-3]}  # some queries unranked
-    curve = recall_curve(rankings, qrels, 25)
+    curve = recall_curve(Hits.from_rankings(rankings, Judgements.from_dict(qrels)), 25)
     for k in (1, 2, 7, 25):
         assert curve[k - 1] == pytest.approx(
             evaluate(rankings, qrels, [f"recall@{k}"]).metrics[f"recall@{k}"]

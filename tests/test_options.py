@@ -32,10 +32,10 @@ FLAGS = {
     "--query-instruction": "embedding.query_instruction", "--no-normalize": "embedding.normalize",
     "--batch-size": "embedding.batch_size",
     "--max-tokens-per-batch": "embedding.max_tokens_per_batch",
-    "--embedding-storage": "embedding.storage", "--reranker": "rerank.model",
+    "--embedding-storage": "embedding.storage", "--reranker": "rerank.models",
     "--rerank-top-k": "rerank.top_k", "--reranker-max-length": "rerank.max_length",
     "--reranker-batch-size": "rerank.batch_size", "--rerank-depths": "rerank.depths",
-    "--top-k": "top_k", "--out": "out", "--candidates": "candidates",
+    "--top-k": "top_k", "--out": "out", "--baseline": "baseline", "--candidates": "candidates",
     "--retriever": "retriever", "--metrics": "metrics", "--bm25-k1": "bm25.k1", "--bm25-b": "bm25.b", "--rrf-k": "bm25.rrf_k",
     "--address": "compute.address", "--device": "compute.device",
     "--num-actors": "compute.num_actors", "--max-actors": "compute.max_actors",
@@ -63,6 +63,10 @@ def _other_value(path: str, spec):
         return 3, ["3"]
     if path == "rerank.depths":
         return (2, 5), ["5,2"]
+    if path == "rerank.models":  # repeated: every value, in order
+        return ("a/first", "second"), ["a/first", "--reranker", "second"]
+    if path == "baseline":  # a system of the default reranker's run
+        return "bge-reranker-large", ["bge-reranker-large"]
     if path == "metrics":
         return ("ndcg@10", "map@100"), ["nDCG@10,AP@100"]
     if spec.type is float:

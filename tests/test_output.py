@@ -29,7 +29,7 @@ def test_a_successful_run_prints_its_stages_and_nothing_alarming(msmarco, tmp_pa
     assert completed.returncode == 0, output[-3000:]
     for stage in ("prepare", "embed", "retrieve", "rerank", "evaluate"):
         assert f"rerank-ray: stage {stage}: done in" in completed.stderr, stage
-    assert "| retrieval |" in completed.stdout and "| rerank |" in completed.stdout
+    assert "| retrieval |" in completed.stdout and "| minilm-smoke |" in completed.stdout
     alarming = [line for line in output.splitlines() if any(a in line for a in ALARMING)]
     assert alarming == [], alarming
     # Ray Data's INFO lines went to the session's log file, not to the console.

@@ -22,16 +22,18 @@ from rerank_ray.config import ComputeConfig, RunConfig
 from rerank_ray.datasets import DataConfig
 from rerank_ray.embed import embedding_matrix
 from rerank_ray.embedder import EmbedderOptions
-from rerank_ray.io import file_info, join, open_input
+from rerank_ray.io import file_info, join, list_files, open_input, split
 from rerank_ray.parquet import parquet_files
 from rerank_ray.pipeline import run_pipeline
-from rerank_ray.rerank import RerankOptions
+from rerank_ray.rerank import RerankOptions, system_stem
 
-METRICS = ("recall@1", "recall@10", "recall@100", "mrr@1", "mrr@10", "ndcg@10")
+METRICS = ("recall@1", "recall@10", "recall@100", "mrr@1", "mrr@10", "ndcg@10", "map@100")
+#: The seed run's rerankers: the smoke-test cross-encoder and the embedder's inner products.
+SMOKE, BI = "minilm-smoke", "bi:minilm"
 
 
 def pytrec_metrics(retrieval_path, qrels_path):
-    """The six metrics by pytrec_eval from retrieval.parquet and the normalized qrels."""
+    """The default metrics by pytrec_eval from retrieval.parquet and the normalized qrels."""
     qrels: dict = {}
     for row in pq.read_table(qrels_path).to_pylist():
         qrels.setdefault(row["qid"], {})[row["pid"]] = row["relevance"]
@@ -43,9 +45,10 @@ def pytrec_metrics(retrieval_path, qrels_path):
 
 
 def pytrec_from_run(run, qrels):
-    evaluator = pytrec_eval.RelevanceEvaluator(qrels, {"recall.1,10,100", "ndcg_cut.10"})
-    full = evaluator.evaluate(run)
+    measures = {"recall.1,10,100", "ndcg_cut.10", "map_cut.100"}
+    full = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)
     out = {
+        "map@100": np.mean([v["map_cut_100"] for v in full.values()]),
         "recall@1": np.mean([v["recall_1"] for v in full.values()]),
         "recall@10": np.mean([v["recall_10"] for v in full.values()]),
         "recall@100": np.mean([v["recall_100"] for v in full.values()]),
@@ -99,7 +102,7 @@ def seed_config(dataset: str, out: str) -> RunConfig:
         data=DataConfig(dataset=dataset, corpus_rows=SEED_PASSAGES, num_queries=SEED_QUERIES),
         embedder="minilm",
         top_k=100,
-        rerank=RerankOptions(model="minilm-smoke", top_k=10, max_length=128, depths=(1, 5, 10)),
+        rerank=RerankOptions(models=(SMOKE, BI), top_k=10, max_length=128, depths=(1, 5, 10)),
         compute=ComputeConfig(rows_per_call=128),  # several actor calls, several output files
     )
 
@@ -107,7 +110,8 @@ def seed_config(dataset: str, out: str) -> RunConfig:
 @pytest.fixture(scope="module")
 def seed_run(ray_session, msmarco, s3_endpoint):
     """The seed protocol at a size this machine runs in seconds: 200 passages, 30 queries,
-    the top 10 of each reranked by the smoke-test cross-encoder.
+    the top 10 of each reranked by two rerankers, the smoke-test cross-encoder and
+    ``bi:minilm``.
 
     Its dataset and run directory are on S3 (moto's server): every stage, Ray's workers
     included, reads and writes through pyarrow's S3 filesystem, and the tests below check
@@ -130,8 +134,8 @@ def seed_run(ray_session, msmarco, s3_endpoint):
 def test_run_directory_contract(seed_run):
     out, metrics = seed_run
     assert json.loads((out / "metrics.json").read_text()) == metrics
-    assert list(metrics) == ["retrieval", "rerank"]
-    assert tuple(metrics["retrieval"]) == tuple(metrics["rerank"]) == METRICS
+    assert list(metrics) == ["retrieval", SMOKE, BI]
+    assert tuple(metrics["retrieval"]) == tuple(metrics[SMOKE]) == tuple(metrics[BI]) == METRICS
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["embedder"] == "minilm"
     assert manifest["models"]["embedder"]["fingerprint"].startswith("sha256:")
@@ -157,13 +161,19 @@ def test_run_directory_contract(seed_run):
     assert f"{metrics['retrieval']['mrr@10']:.4f}" in report and "minilm" in report
     assert "smoke-test reranker" in report and "mean nothing" in report
     assert "recall@10 and recall@100 cannot change" in report
-    effect = manifest["stages"]["evaluate"]["rerank_effect"]
-    assert sum(effect.values()) == SEED_QUERIES
+    for system in (SMOKE, BI):
+        effect = manifest["stages"]["evaluate"]["rerank_effect"][system]
+        assert sum(effect.values()) == SEED_QUERIES
+        reranker = manifest["models"]["rerankers"][system]
+        assert reranker["name"] == system and reranker["fingerprint"].startswith("sha256:")
+        scored = manifest["stages"]["rerank"]["systems"][system]
+        assert scored["rows"] == SEED_QUERIES * 10 and scored["rows_per_second"] > 0
+        assert f"### {system}" in report
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    reranker = manifest["models"]["reranker"]
-    assert reranker["name"] == "minilm-smoke" and reranker["fingerprint"].startswith("sha256:")
-    assert manifest["stages"]["rerank"]["rows"] == SEED_QUERIES * 10
-    assert manifest["stages"]["rerank"]["pairs_per_second"] > 0
+    assert manifest["stages"]["rerank"]["rows"] == 2 * SEED_QUERIES * 10
+    assert [split(p)[1] for p in list_files(str(out / "rerank"))] == [
+        "bi_minilm.parquet", "minilm-smoke.parquet"
+    ]  # fmt: skip
 
 
 def test_the_same_run_again_on_s3_skips_every_stage_and_left_no_staging(seed_run):
@@ -246,14 +256,16 @@ def test_rerank_scores_equal_flagreranker_on_the_same_pairs(seed_run):
 
     out, _ = seed_run
     manifest = json.loads((out / "manifest.json").read_text())
-    rerank = pq.read_table(out / "rerank.parquet")
+    rerank = pq.read_table(out / "rerank" / "minilm-smoke.parquet")
     assert rerank.schema.names == [
         "qid", "pid", "rank", "score", "relevance_score", "retrieval_rank"
     ]  # fmt: skip
     rows = rerank.to_pylist()
     queries = dict(zip(*pq.read_table(out / "data" / "queries.parquet").to_pydict().values()))
     passages = dict(zip(*pq.read_table(out / "data" / "corpus.parquet").to_pydict().values()))
-    bare = FlagReranker(manifest["models"]["reranker"]["path"], use_fp16=False, devices=["cpu"])
+    bare = FlagReranker(
+        manifest["models"]["rerankers"][SMOKE]["path"], use_fp16=False, devices=["cpu"]
+    )
     expected = bare.compute_score(
         [(queries[r["qid"]], passages[r["pid"]]) for r in rows], max_length=128
     )
@@ -271,9 +283,10 @@ def test_rerank_scores_equal_flagreranker_on_the_same_pairs(seed_run):
         assert all(a["score"] >= b["score"] for a, b in zip(mine, mine[1:]))
 
 
-def test_rerank_metrics_equal_pytrec_eval_on_the_reranked_lists(seed_run):
+@pytest.mark.parametrize("system", [SMOKE, BI])
+def test_rerank_metrics_equal_pytrec_eval_on_the_reranked_lists(seed_run, system):
     out, metrics = seed_run
-    reranked = pq.read_table(out / "rerank.parquet").to_pylist()
+    reranked = pq.read_table(out / "rerank" / f"{system_stem(system)}.parquet").to_pylist()
     retrieval = pq.read_table(out / "retrieval.parquet").to_pylist()
     run: dict = {}
     for r in reranked:  # the reranked top 10 first, then the retrieval's ranks 11..100
@@ -286,9 +299,9 @@ def test_rerank_metrics_equal_pytrec_eval_on_the_reranked_lists(seed_run):
         qrels.setdefault(row["qid"], {})[row["pid"]] = row["relevance"]
     reference = pytrec_from_run(run, qrels)
     for name in METRICS:
-        assert metrics["rerank"][name] == pytest.approx(reference[name], abs=1e-12), name
+        assert metrics[system][name] == pytest.approx(reference[name], abs=1e-12), name
     # reranking the top 10 cannot change recall at 10 or deeper
-    assert metrics["rerank"]["recall@100"] == metrics["retrieval"]["recall@100"]
+    assert metrics[system]["recall@100"] == metrics["retrieval"]["recall@100"]
 
 
 def test_float16_storage_halves_the_files_and_keeps_the_metrics(seed_run, msmarco, tmp_path):
@@ -303,7 +316,7 @@ def test_float16_storage_halves_the_files_and_keeps_the_metrics(seed_run, msmarc
         ),
         embedder="minilm",
         embedding=EmbedderOptions(storage="float16"),
-        rerank=RerankOptions(model="none"),
+        rerank=RerankOptions(models="none"),
         corpus_embeddings=str(out / "embeddings" / "corpus"),
         query_embeddings=str(out / "embeddings" / "queries"),
     )
@@ -450,7 +463,7 @@ def test_cli_run_on_official_tsv_layout(ray_session, msmarco, tmp_path, capsys):
     note = "recall@100 not reported: only the top 20 passages were retrieved per query."
     assert f"NOTE: {note}" in printed and note in (out / "report.md").read_text()
 
-    assert not (out / "rerank.parquet").exists()
+    assert not (out / "rerank").exists()
 
     # evaluate alone, on the existing run directory, gives the same numbers
     (out / "metrics.json").unlink()
@@ -476,8 +489,8 @@ def test_cli_run_on_official_tsv_layout(ray_session, msmarco, tmp_path, capsys):
     assert status == 0
     assert "smoke-test" in capsys.readouterr().out
     after = json.loads((out / "metrics.json").read_text())
-    assert after["retrieval"] == metrics and set(after["rerank"]) == set(metrics)
-    assert after["rerank"]["recall@10"] == metrics["recall@10"]  # depth 5 < 10: unchanged
+    assert after["retrieval"] == metrics and set(after[SMOKE]) == set(metrics)
+    assert after[SMOKE]["recall@10"] == metrics["recall@10"]  # depth 5 < 10: unchanged
     assert (
         sorted(p.stat().st_mtime_ns for p in (out / "embeddings").rglob("*.parquet"))
         == embeddings_before
@@ -559,13 +572,15 @@ def test_per_query_values_and_significance_come_from_pytrec_evals_per_query_valu
     qrels: dict = {}
     for row in pq.read_table(out / "data" / "qrels.parquet").to_pylist():
         qrels.setdefault(row["qid"], {})[row["pid"]] = row["relevance"]
-    runs: dict = {"retrieval": {}, "rerank": {}}
+    runs: dict = {"retrieval": {}, SMOKE: {}, BI: {}}
     for row in pq.read_table(out / "retrieval.parquet").to_pylist():
         runs["retrieval"].setdefault(row["qid"], {})[row["pid"]] = 1000.0 - row["rank"]
-        if row["rank"] > 10:  # the rerank's list: its top 10, then the retrieval's order
-            runs["rerank"].setdefault(row["qid"], {})[row["pid"]] = 1000.0 - row["rank"]
-    for row in pq.read_table(out / "rerank.parquet").to_pylist():
-        runs["rerank"].setdefault(row["qid"], {})[row["pid"]] = 1000.0 - row["rank"]
+        if row["rank"] > 10:  # a reranker's list: its top 10, then the retrieval's order
+            for system in (SMOKE, BI):
+                runs[system].setdefault(row["qid"], {})[row["pid"]] = 1000.0 - row["rank"]
+    for system in (SMOKE, BI):
+        for row in pq.read_table(out / "rerank" / f"{system_stem(system)}.parquet").to_pylist():
+            runs[system].setdefault(row["qid"], {})[row["pid"]] = 1000.0 - row["rank"]
     expected: dict = {}
     for system, run in runs.items():
         full = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.10"}).evaluate(run)
@@ -580,7 +595,7 @@ def test_per_query_values_and_significance_come_from_pytrec_evals_per_query_valu
             for q, v in full.items()
         }
     stored = pq.read_table(out / "per_query.parquet").to_pylist()
-    assert len(stored) == 2 * SEED_QUERIES * len(METRICS)
+    assert len(stored) == 3 * SEED_QUERIES * len(METRICS)
     got = {(r["system"], r["qid"], r["metric"]): r["value"] for r in stored}
     for system, queries in expected.items():
         for qid, values in queries.items():
@@ -588,15 +603,18 @@ def test_per_query_values_and_significance_come_from_pytrec_evals_per_query_valu
                 assert got[(system, qid, metric)] == pytest.approx(value, abs=1e-12)
     significance = json.loads((out / "significance.json").read_text())
     mine = compare_systems(expected, "retrieval", ["ndcg@10", "recall@10", "mrr@10"])
-    stored_comparisons = {c["metric"]: c for c in significance["comparisons"]}
-    assert len(stored_comparisons) == len(METRICS)
+    stored_comparisons = {(c["system"], c["metric"]): c for c in significance["comparisons"]}
+    assert len(stored_comparisons) == 2 * len(METRICS)  # both rerankers, Holm across them
     for comparison in mine:
-        assert stored_comparisons[comparison.metric] == pytest.approx(comparison.to_dict())
-    # reranking the top 10 cannot move recall@10: no difference, nothing significant
-    assert stored_comparisons["recall@10"]["mean_difference"] == 0
-    assert not stored_comparisons["recall@10"]["significant"]
+        key = (comparison.system, comparison.metric)
+        assert stored_comparisons[key] == pytest.approx(comparison.to_dict())
+    for system in (SMOKE, BI):
+        # reranking the top 10 cannot move recall@10: no difference, nothing significant
+        assert stored_comparisons[(system, "recall@10")]["mean_difference"] == 0
+        assert not stored_comparisons[(system, "recall@10")]["significant"]
     report = (out / "report.md").read_text()
-    assert "| rerank | mrr@10 | 30 |" in report and "paired randomization" in report
+    assert "| minilm-smoke | mrr@10 | 30 |" in report and "paired randomization" in report
+    assert "| bi:minilm | mrr@10 | 30 |" in report
 
     # The most improved and hurt queries: the first relevant passage's rank in each run's list.
     def first(system, qid):
@@ -604,13 +622,14 @@ def test_per_query_values_and_significance_come_from_pytrec_evals_per_query_valu
         return next((r for r, pid in enumerate(ranked, 1) if qrels[qid].get(pid, 0) >= 1), None)
 
     changed = json.loads((out / "manifest.json").read_text())["stages"]["evaluate"]["most_changed"]
+    changed = changed[SMOKE]
     table = pq.read_table(out / "data" / "queries.parquet").to_pydict()
     texts = dict(zip(table["qid"], table["text"]))
     gains = []
     for kind, sign in (("improved", 1), ("hurt", -1)):
         assert len(changed[kind]) <= 10
         for row in changed[kind]:
-            before, after = first("retrieval", row["qid"]), first("rerank", row["qid"])
+            before, after = first("retrieval", row["qid"]), first(SMOKE, row["qid"])
             assert (row["before"], row["after"]) == (before, after)
             assert row["query"] == texts[row["qid"]]
             gain = (1 / after if after else 0) - (1 / before if before else 0)
@@ -620,19 +639,24 @@ def test_per_query_values_and_significance_come_from_pytrec_evals_per_query_valu
         assert "Most improved queries:" in report
 
 
-def test_depth_sweep_equals_pytrec_eval_on_the_stored_scores_and_scores_nothing_again(seed_run):
-    """At depth d the rerank's list is its pairs with retrieval rank <= d ordered by their
+@pytest.mark.parametrize("system", [SMOKE, BI])
+def test_depth_sweep_equals_pytrec_eval_on_the_stored_scores_and_scores_nothing_again(
+    seed_run, system
+):
+    """At depth d a reranker's list is its pairs with retrieval rank <= d ordered by their
     stored scores, then the retrieval's order: pytrec_eval on such a run gives the sweep's
-    figures; depth 10 (the rerank's own depth) is the rerank row; the pairs are the stage's."""
+    figures; depth 10 (the rerank's own depth) is the reranker's row; the pairs are the
+    stage's, each scored once."""
     out, metrics = seed_run
     manifest = json.loads((out / "manifest.json").read_text())
-    sweep = manifest["stages"]["evaluate"]["depth_sweep"]
+    sweep = manifest["stages"]["evaluate"]["depth_sweep"][system]
     assert [row["depth"] for row in sweep] == [1, 5, 10]
     qrels: dict = {}
     for row in pq.read_table(out / "data" / "qrels.parquet").to_pylist():
         qrels.setdefault(row["qid"], {})[row["pid"]] = row["relevance"]
-    reranked = pq.read_table(out / "rerank.parquet").to_pylist()
+    reranked = pq.read_table(out / "rerank" / f"{system_stem(system)}.parquet").to_pylist()
     retrieval = pq.read_table(out / "retrieval.parquet").to_pylist()
+    scored = manifest["stages"]["rerank"]["systems"][system]
     for row in sweep:
         depth = row["depth"]
         run: dict = {}
@@ -645,10 +669,11 @@ def test_depth_sweep_equals_pytrec_eval_on_the_stored_scores_and_scores_nothing_
         for name, value in row["metrics"].items():
             assert value == pytest.approx(reference[name], abs=1e-12), (depth, name)
         assert row["pairs_per_1000_queries"] == pytest.approx(1000 * len(head) / SEED_QUERIES)
-        busy = manifest["stages"]["rerank"]["counts"]["busy_seconds"]
+        busy = scored["counts"]["busy_seconds"]
         expected = busy * len(head) / len(reranked) * 1000 / SEED_QUERIES
         assert row["actor_seconds_per_1000_queries"] == pytest.approx(expected, abs=1e-3)
-    assert sweep[-1]["metrics"] == pytest.approx(metrics["rerank"])
+    assert sweep[-1]["metrics"] == pytest.approx(metrics[system])
     # every pair was scored once, by the rerank stage; the sweep only reordered stored scores
-    assert manifest["stages"]["rerank"]["counts"]["rows"] == len(reranked) == 10 * SEED_QUERIES
+    assert scored["counts"]["rows"] == len(reranked) == 10 * SEED_QUERIES
+    assert len({(r["qid"], r["pid"]) for r in reranked}) == len(reranked)
     assert "How deep to rerank" in (out / "report.md").read_text()

@@ -34,7 +34,7 @@ def _config(msmarco, out, cache, **changes) -> RunConfig:
         data=DataConfig(dataset=str(msmarco / "dev.jsonl"), corpus_rows=100, num_queries=12),
         embedder="minilm",
         top_k=20,
-        rerank=RerankOptions(model="none"),
+        rerank=RerankOptions(models="none"),
         compute=ComputeConfig(rows_per_call=64),
         cache_dir=str(cache),
     )
@@ -62,7 +62,8 @@ def first_run(ray_session, msmarco, tmp_path_factory):
 
 
 #: The reranker of the runs below that rerank: every retrieved candidate (20 per query).
-RERANK = RerankOptions(model="minilm-smoke", max_length=64)
+RERANK = RerankOptions(models="minilm-smoke", max_length=64)
+SMOKE_FILE = "rerank/minilm-smoke.parquet"
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +91,7 @@ def test_a_second_run_reuses_embeddings_without_loading_the_model(first_run, rer
     embed = _manifest(second)["stages"]["embed"]
     assert embed["reused"] is True
     assert embed["corpus"]["source"] == str(cache / "embeddings" / embed["corpus"]["cache_key"])
-    assert again["retrieval"] == metrics["retrieval"] and "rerank" in again
+    assert again["retrieval"] == metrics["retrieval"] and "minilm-smoke" in again
     for role, column in (("corpus", "pid"), ("queries", "qid")):
         ids_a, a = _vectors(out / "embeddings" / role, column)
         ids_b, b = _vectors(second / "embeddings" / role, column)
@@ -258,7 +259,7 @@ def test_a_killed_run_resumes_with_the_same_metrics(first_run, reranked_run, msm
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert not (out / "metrics.json").exists() and not (out / "rerank.parquet").exists()
+    assert not (out / "metrics.json").exists() and not (out / SMOKE_FILE).exists()
     stages_before = _manifest(out)["stages"]
 
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -272,9 +273,7 @@ def test_a_killed_run_resumes_with_the_same_metrics(first_run, reranked_run, msm
     assert json.loads((out / "metrics.json").read_text()) == json.loads(
         (undisturbed / "metrics.json").read_text()
     )
-    assert pq.read_table(out / "rerank.parquet").equals(
-        pq.read_table(undisturbed / "rerank.parquet")
-    )
+    assert pq.read_table(out / SMOKE_FILE).equals(pq.read_table(undisturbed / SMOKE_FILE))
 
 
 @contextlib.contextmanager
@@ -342,7 +341,7 @@ def test_a_reranking_actor_killed_mid_run_loses_and_duplicates_nothing(
         stats = rerank_candidates(
             *paths, str(tmp_path / "disturbed.parquet"), RERANK, rows_per_call=16
         )
-    calm = pq.read_table(out / "rerank.parquet")
+    calm = pq.read_table(out / SMOKE_FILE)
     disturbed = pq.read_table(tmp_path / "disturbed.parquet")
     assert stats.rows == disturbed.num_rows == calm.num_rows == 12 * 20
     assert disturbed.select(["qid", "pid", "rank"]).equals(calm.select(["qid", "pid", "rank"]))

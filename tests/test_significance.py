@@ -127,7 +127,7 @@ def test_the_table_marks_only_significant_differences():
         {"retrieval": {"recall@1": 0.5, "mrr@10": 0.5}, "rerank": {"recall@1": 0.6, "mrr@10": 0.7}},
         significant_metrics(significance),
     )
-    assert table.splitlines()[-1] == "| difference | +0.1000 | +0.2000* |"
+    assert table.splitlines()[-1] == "| Δ rerank | +0.1000 | +0.2000* |"
     assert significance_note(significance).startswith("* the difference is significant at α = 0.05")
 
 

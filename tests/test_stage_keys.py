@@ -3,6 +3,7 @@ speed-only option is not (the in-process CLI on the session's Ray, no cache)."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 
@@ -138,7 +139,7 @@ def test_edits_in_place_are_seen_and_stale_or_relabelled_outputs_are_refused(
 
     # Evaluating it as another reranker's (a real model folder, other weights): refused.
     other = tmp_path / "other-reranker"
-    shutil.copytree(_manifest(out)["models"]["reranker"]["path"], other)
+    shutil.copytree(_manifest(out)["models"]["rerankers"]["minilm-smoke"]["path"], other)
     weights = other / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
     capsys.readouterr()
@@ -158,3 +159,55 @@ def test_edits_in_place_are_seen_and_stale_or_relabelled_outputs_are_refused(
     assert main(byo) == 0
     fixed = json.loads((tmp_path / "byo" / "metrics.json").read_text())
     assert fixed["retrieval"] == json.loads(metrics)["retrieval"]
+
+
+def test_adding_a_reranker_scores_only_it_and_a_damaged_or_dropped_one_is_not_kept(
+    ray_session, msmarco, tmp_path, monkeypatch
+):
+    """Each reranker's file records the key it was scored with: a second reranker added to a
+    run is the only one scored; a file whose record does not verify is scored again; a
+    reranker dropped from the run loses its file; the one-file layout of earlier versions is
+    removed."""
+    import rerank_ray.rerank
+
+    scored: list[str] = []
+    real = rerank_ray.rerank.rerank_candidates
+
+    def counting(*args, **kwargs):
+        scored.append(args[4].model)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("rerank_ray.rerank.rerank_candidates", counting)
+    out = tmp_path / "run"
+    base = [
+        "run", "--dataset", str(msmarco / "dev.jsonl"), "--corpus-rows", "20", "--num-queries",
+        "3", "--retriever", "bm25", "--top-k", "5", "--no-cache", "--out", str(out), "-q",
+    ]  # fmt: skip
+    assert main([*base, "--reranker", "minilm-smoke"]) == 0
+    smoke = out / "rerank" / "minilm-smoke.parquet"
+    first = smoke.read_bytes()
+    (out / "rerank.parquet").write_bytes(b"an earlier version's single rerank file")
+
+    both = [*base, "--reranker", "minilm-smoke", "--reranker", "bi:minilm"]
+    assert main(both) == 0
+    assert scored == ["minilm-smoke", "bi:minilm"]  # the new one only, after the first run
+    assert smoke.read_bytes() == first and not (out / "rerank.parquet").exists()
+    manifest = _manifest(out)
+    assert manifest["stages"]["rerank"]["systems"]["minilm-smoke"]["reused"] is True
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics) == ["retrieval", "minilm-smoke", "bi:minilm"]
+
+    smoke.write_bytes(first[: len(first) // 2])  # damaged: its record cannot be read
+    manifest["stages"]["rerank"]["key"] = "stale"  # so that the stage runs again
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert main(both) == 0
+    assert scored == ["minilm-smoke", "bi:minilm", "minilm-smoke"]
+    again, before = pq.read_table(smoke), pq.read_table(io.BytesIO(first))
+    assert again.select(["qid", "pid", "rank"]).equals(before.select(["qid", "pid", "rank"]))
+    assert np.allclose(again["score"].to_numpy(), before["score"].to_numpy(), atol=1e-5)
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+
+    assert main([*base, "--reranker", "bi:minilm"]) == 0
+    assert scored == ["minilm-smoke", "bi:minilm", "minilm-smoke"]  # kept, nothing scored
+    assert sorted(p.name for p in (out / "rerank").iterdir()) == ["bi_minilm.parquet"]
+    assert list(json.loads((out / "metrics.json").read_text())) == ["retrieval", "bi:minilm"]
