@@ -6,16 +6,20 @@ For each precision (fp16, bf16) the script measures, on MS MARCO-length syntheti
 
 * the card's dense matrix-product rate (one large ``torch.matmul``), the reference for MFU;
 * embedding tokens/s through the pipeline's actor (``rerank_ray.embed.EmbedActor``, the code
-  Ray Data calls) and through a bare loop (``FlagModel.encode_corpus``);
-* reranking tokens/s through ``rerank_ray.rerank.RerankActor`` and a bare
-  ``FlagReranker.compute_score``;
+  Ray Data calls) and through a bare transformers loop as ``FlagModel.encode_corpus`` runs
+  one (``bench/bare_models.py``);
+* reranking tokens/s through ``rerank_ray.rerank.RerankActor`` and a bare transformers loop
+  as ``FlagReranker.compute_score`` runs one;
 * model FLOPs utilisation: 2 x non-embedding parameters x tokens / time / matmul rate.
 
-Ray itself is not needed: the actor classes are called directly, as Ray would.
-``--size tiny`` builds 2-layer models so the script runs on a CPU in seconds (the tests do).
+It needs torch, transformers, numpy and pyarrow, nothing else: not Ray (the actor classes are
+called directly, as Ray would), not FlagEmbedding or ``datasets``, no download (the tokenizer
+is a WordPiece vocabulary of the synthetic words, built here). ``--size tiny`` builds 2-layer
+models so the script runs on a CPU in seconds (the tests do). ``--output`` is rewritten after
+each precision, so a run stopped by a time limit keeps what it measured.
 
 Usage:
-    python bench/gpu.py                      # full size, on CUDA, fits in 10 minutes on an H100
+    python bench/gpu.py                      # full size, on CUDA (bench/device_run.sh)
     python bench/gpu.py --size tiny --device cpu --texts 64 --precisions fp32
 """
 
@@ -58,21 +62,27 @@ def synthetic_passages(count: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(40, 120))) for _ in range(count)]
 
 
+def build_tokenizer():
+    """A lower-casing WordPiece tokenizer whose vocabulary is BERT's special tokens, the
+    synthetic words (one token each: a passage of n words is n + 2 tokens) and single letters
+    (so a word cut in a query still tokenizes)."""
+    from transformers import BertTokenizer
+
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *letters]
+    words += [f"##{c}" for c in letters]
+    vocabulary = {word: index for index, word in enumerate(dict.fromkeys(words))}
+    return BertTokenizer(vocab=vocabulary)
+
+
 def build_models(size: str, directory: str) -> tuple[str, str]:
     """Random-weight embedder and cross-encoder directories (config + safetensors + tokenizer)."""
     import torch
-    from transformers import (
-        AutoModel,
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        XLMRobertaConfig,
-    )
+    from transformers import AutoModel, AutoModelForSequenceClassification, XLMRobertaConfig
 
-    from rerank_ray.models import resolve_model_path
-
-    # Any offline tokenizer gives realistic lengths; its ids fit XLM-R's 250,002-token vocabulary
-    # (two token types, as BERT's tokenizer marks the passage of a pair).
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
+    # The tokenizer's ids fit XLM-R's 250,002-token vocabulary (two token types, as BERT's
+    # tokenizer marks the passage of a pair).
+    tokenizer = build_tokenizer()
     torch.manual_seed(0)
     paths = []
     for name, positions, head in (("embedder", 8194, False), ("reranker", 514, True)):
@@ -141,7 +151,7 @@ def time_actor(result, stage, actor, model, batch, batch_size, device, dtype, pe
 
 
 def time_bare(result, stage, network, tokens, device, dtype, run, rows, batch_size) -> None:
-    """Time the bare FlagEmbedding loop ``run(rows)`` on the same tokens; record the ratio."""
+    """Time the bare transformers loop ``run(rows)`` on the same tokens; record the ratio."""
     network.to(device=device, dtype=dtype)
     run(rows[:batch_size])  # warm-up
     seconds = timed(lambda: run(rows), device)
@@ -154,7 +164,7 @@ def time_bare(result, stage, network, tokens, device, dtype, run, rows, batch_si
 def measure(embedder_path, reranker_path, texts, precision, device, batch_size) -> dict:
     import pyarrow as pa
     import torch
-    from FlagEmbedding import FlagModel, FlagReranker
+    from bare_models import BareCrossEncoder, BareEncoder
 
     from rerank_ray.embed import EmbedActor
     from rerank_ray.embedder import EmbedderOptions
@@ -171,9 +181,7 @@ def measure(embedder_path, reranker_path, texts, precision, device, batch_size) 
     tokens = time_actor(
         result, "embed", embed_actor, embed_actor.embedder, batch, batch_size, device, dtype, peak
     )
-    bare = FlagModel(
-        embedder_path, use_fp16=False, devices=[device], batch_size=batch_size, pooling_method="cls"
-    )
+    bare = BareEncoder(embedder_path, device=device, dtype=dtype)
     time_bare(
         result,
         "embed",
@@ -181,7 +189,7 @@ def measure(embedder_path, reranker_path, texts, precision, device, batch_size) 
         tokens,
         device,
         dtype,
-        lambda rows: bare.encode_single_device(rows, batch_size=batch_size, device=device),
+        lambda rows: bare.encode(rows, batch_size=batch_size),
         texts,
         batch_size,
     )
@@ -207,9 +215,7 @@ def measure(embedder_path, reranker_path, texts, precision, device, batch_size) 
         dtype,
         peak,
     )
-    bare_reranker = FlagReranker(
-        reranker_path, use_fp16=False, devices=[device], batch_size=batch_size
-    )
+    bare_reranker = BareCrossEncoder(reranker_path, device=device, dtype=dtype)
     time_bare(
         result,
         "rerank",
@@ -217,7 +223,7 @@ def measure(embedder_path, reranker_path, texts, precision, device, batch_size) 
         tokens,
         device,
         dtype,
-        lambda rows: bare_reranker.compute_score_single_gpu(rows, device=device),
+        lambda rows: bare_reranker.score(rows, batch_size=batch_size),
         pairs,
         batch_size,
     )
@@ -244,14 +250,20 @@ def main() -> None:
         "runs": [],
     }
     with tempfile.TemporaryDirectory() as directory:
+        started = time.perf_counter()
         embedder_path, reranker_path = build_models(args.size, directory)
+        results["build_seconds"] = round(time.perf_counter() - started, 1)
         for precision in args.precisions.split(","):
+            started = time.perf_counter()
             run = measure(embedder_path, reranker_path, texts, precision, device, args.batch_size)
+            run["seconds"] = round(time.perf_counter() - started, 1)
             results["runs"].append(run)
             print(json.dumps(run), flush=True)
-    if args.output:
-        with open(args.output, "w") as handle:
-            json.dump(results, handle, indent=2)
+            if args.output:  # after each precision: a run cut short keeps what it measured
+                with open(args.output, "w") as handle:
+                    json.dump(results, handle, indent=2)
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
     print(json.dumps(results))
 
 

@@ -3,9 +3,10 @@ time, and ``minilm-smoke``, the smoke-test reranker built offline. Knows nothing
 rerank stage, :mod:`rerank_ray.rerank`, runs it in an actor pool; :mod:`rerank_ray.reranker`
 is the application-facing API).
 
-Rerankers load through FlagEmbedding's ``FlagReranker``, from safetensors or a Hub snapshot,
-never with ``trust_remote_code``. Scoring reuses its tokenizer and network on length-sorted,
-token-budgeted sub-batches, as the embedder does (:func:`rerank_ray.embedder.length_batches`).
+Rerankers load as FlagEmbedding's ``FlagReranker`` loads them (:mod:`rerank_ray.networks`), from
+safetensors or a Hub snapshot, never with ``trust_remote_code``, and give its scores. Scoring
+drives the tokenizer and network on length-sorted, token-budgeted sub-batches, as the embedder
+does (:func:`rerank_ray.embedder.length_batches`).
 
 Example::
 
@@ -25,6 +26,7 @@ import numpy as np
 from rerank_ray.embedder import BatchStats, length_batches
 from rerank_ray.errors import ConfigError
 from rerank_ray.models import default_cache_dir, minilm_path, pick_device, resolve_model_path
+from rerank_ray.networks import load_classifier, pad, pair_inputs
 
 #: Seed of the random classification head of ``minilm-smoke``.
 SMOKE_SEED = 20240917
@@ -84,7 +86,7 @@ def is_smoke_model(name: str) -> bool:
 
 
 class CrossEncoder:
-    """A cross-encoder loaded once with FlagEmbedding's ``FlagReranker``.
+    """A cross-encoder loaded once, as FlagEmbedding's ``FlagReranker`` loads it.
 
     Scores are raw logits, equal to ``FlagReranker.compute_score`` on the same pairs: the
     query is cut at ``max_length * 3 // 4`` tokens, the pair at ``max_length`` (passage
@@ -107,23 +109,13 @@ class CrossEncoder:
         max_tokens_per_batch: int = 16_384,
     ):
         import torch
-        from FlagEmbedding import FlagReranker
 
         if max_length < 2 or batch_size < 1:
             raise ConfigError("reranker max_length must be >= 2 and batch_size >= 1")
         self.path = resolve_model_path(model, RERANKER_ALIASES)
         self.device = pick_device(device)
         on_gpu = self.device.startswith("cuda")
-        self._flag_reranker = FlagReranker(
-            self.path,
-            use_fp16=on_gpu,
-            devices=[self.device],
-            batch_size=batch_size,
-            max_length=max_length,
-            trust_remote_code=False,
-        )
-        self.tokenizer = self._flag_reranker.tokenizer
-        self.model = self._flag_reranker.model
+        self.tokenizer, self.model = load_classifier(self.path)
         if on_gpu:
             self.model.half()
         self.model.to(self.device).eval()
@@ -133,14 +125,7 @@ class CrossEncoder:
         self.stats = BatchStats()
         self._torch = torch
 
-    @property
-    def flag_reranker(self):
-        """The underlying ``FlagReranker``, for bare comparisons."""
-        return self._flag_reranker
-
     def _features(self, pairs: Sequence[tuple[str, str]]) -> list[dict]:
-        from FlagEmbedding.utils.tokenizer_compat import prepare_for_model_compat
-
         query_max_length = self.max_length * 3 // 4
         queries = self.tokenizer(
             [q for q, _ in pairs],
@@ -155,21 +140,11 @@ class CrossEncoder:
             truncation=True,
         )["input_ids"]
         return [
-            prepare_for_model_compat(
-                self.tokenizer,
-                q,
-                p,
-                truncation="only_second",
-                max_length=self.max_length,
-                padding=False,
-            )
-            for q, p in zip(queries, passages)
+            pair_inputs(self.tokenizer, q, p, self.max_length) for q, p in zip(queries, passages)
         ]
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         """Raw scores (logits) of ``(query, passage)`` pairs, as float32, in input order."""
-        from FlagEmbedding.utils.tokenizer_compat import pad_with_compat
-
         if len(pairs) == 0:
             return np.zeros(0, dtype=np.float32)
         features = self._features(pairs)
@@ -180,9 +155,7 @@ class CrossEncoder:
         output = np.empty(len(pairs), dtype=np.float32)
         with self._torch.inference_mode():
             for batch in length_batches(lengths, self.batch_size, self.max_tokens_per_batch):
-                inputs = pad_with_compat(
-                    self.tokenizer, [features[i] for i in batch], padding=True, return_tensors="pt"
-                ).to(self.device)
+                inputs = pad(self.tokenizer, [features[i] for i in batch]).to(self.device)
                 self.stats.padded_tokens += int(inputs["input_ids"].numel())
                 logits = self.model(**inputs, return_dict=True).logits.view(-1).float()
                 output[batch] = logits.cpu().numpy()

@@ -2,9 +2,10 @@
 
 The corpus and query tables are read as one stream of blocks (each row tagged with its
 role), each block goes through ``map_batches`` into a pool of actors that each load the model
-once, and a datasink writes the vectors as Parquet files per role
-``(pid|qid, embedding: fixed_size_list<float32|float16>[dim])``. The driver only plans the
-job: it never holds texts or vectors.
+once, and a datasink (:class:`rerank_ray.embed_sink.RoleFiles`) writes the vectors as Parquet
+files per role ``(pid|qid, embedding: fixed_size_list<float32|float16>[dim])``. The driver
+only plans the job: it never holds texts or vectors. The actor (:class:`EmbedActor`) imports
+no Ray: it runs where Ray is not installed too, called directly as Ray Data calls it.
 
 Example::
 
@@ -24,11 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from ray.data import Datasink
 
 from rerank_ray.embedder import Embedder, EmbedderOptions
-from rerank_ray.io import discard, join, makedirs, publish, temporary_sibling
-from rerank_ray.parquet import parquet_files, parquet_rows, read_dataset, write_table
+from rerank_ray.io import makedirs
+from rerank_ray.parquet import parquet_files, parquet_rows, read_dataset
 from rerank_ray.pool import (
     ActorResources,
     StageStats,
@@ -175,52 +175,6 @@ def embedding_matrix(column: pa.ChunkedArray | pa.Array, keep_dtype: bool = Fals
     return values.reshape(-1, width).astype(np.float32, copy=False)
 
 
-class RoleFiles(Datasink):
-    """A Ray Data datasink that writes tagged embedding rows to one directory per role, and
-    publishes each directory whole or not at all.
-
-    Rows of ``role`` go to a temporary sibling of ``outputs[role]`` as ``(pid|qid,
-    embedding)`` Parquet files, so corpus and queries share one actor pool and still land in
-    the run's layout. File names derive from the write task's index: a retried task rewrites
-    its own files. Lifecycle: :meth:`on_write_start` makes the temporary directories (once,
-    on the driver: on an object store each call is a request), :meth:`write` fills them in
-    the write tasks, :meth:`on_write_complete` counts the rows (:attr:`rows`) and publishes
-    every directory (a role without rows gets an empty one), :meth:`on_write_failed` removes
-    the temporaries.
-    """
-
-    def __init__(self, outputs: dict[str, str]):
-        self.outputs = outputs
-        self.temporary = {role: temporary_sibling(out) for role, out in outputs.items()}
-        self.rows: dict[str, int] = {}
-
-    def on_write_start(self, schema=None) -> None:
-        for directory in self.temporary.values():
-            makedirs(directory)
-
-    def write(self, blocks, ctx) -> dict[str, int]:
-        from ray.data.block import BlockAccessor
-
-        counts: dict[str, int] = {}
-        for index, block in enumerate(blocks):
-            for role, rows in by_role(BlockAccessor.for_block(block).to_arrow()):
-                out = pa.table({ID_COLUMN[role]: rows.column("id"), "embedding": rows["embedding"]})
-                name = f"part-{ctx.task_idx:06d}-{index:04d}.parquet"
-                write_table(out, join(self.temporary[role], name))
-                counts[role] = counts.get(role, 0) + out.num_rows
-        return counts
-
-    def on_write_complete(self, write_result) -> None:
-        self.on_write_start()  # no blocks at all: Ray never started the write
-        self.rows = {role: parquet_rows(directory) for role, directory in self.temporary.items()}
-        for role, out in self.outputs.items():
-            publish(self.temporary[role], out)
-
-    def on_write_failed(self, error: BaseException) -> None:
-        for directory in self.temporary.values():
-            discard(directory)
-
-
 def embed_table(
     table_path: str,
     output_dir: str,
@@ -263,6 +217,7 @@ def embed_tables(
     Returns:
         Per role: rows written, the pool's wall time (shared) and resources, counts.
     """
+    from rerank_ray.embed_sink import RoleFiles
 
     resources = resources or plan_resources()
     started = time.perf_counter()

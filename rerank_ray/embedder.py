@@ -1,12 +1,12 @@
 """The embedder: loading an embedding model and encoding texts, one batch at a time. Knows
 nothing of Ray (the embed stage, :mod:`rerank_ray.embed`, runs it in an actor pool).
 
-Embedders load through FlagEmbedding's ``FlagModel``, from safetensors or a Hub snapshot, never
-with ``trust_remote_code``. The batch functions reuse the loaded model's tokenizer, network and
-pooling, but drive them directly on length-sorted, token-budgeted sub-batches
-(:func:`length_batches`, which the cross-encoder uses too): calling ``FlagModel.encode`` once
-per small batch re-probes the batch size and sorts only within the call, which is much slower
-than one call on all texts (BENCHMARKS.md, embedding).
+Embedders load as FlagEmbedding's ``FlagModel`` loads them (:mod:`rerank_ray.networks`), from
+safetensors or a Hub snapshot, never with ``trust_remote_code``, and give its vectors. The
+batch functions drive the tokenizer, network and pooling directly on length-sorted,
+token-budgeted sub-batches (:func:`length_batches`, which the cross-encoder uses too): calling
+``FlagModel.encode`` once per small batch re-probes the batch size and sorts only within the
+call, which is much slower than one call on all texts (BENCHMARKS.md, embedding).
 
 Example::
 
@@ -25,6 +25,7 @@ import numpy as np
 
 from rerank_ray.errors import ConfigError
 from rerank_ray.models import default_max_length, default_pooling, pick_device, resolve_model_path
+from rerank_ray.networks import load_encoder, pad, pool
 from rerank_ray.options import option
 
 
@@ -144,7 +145,7 @@ class BatchStats:
 
 
 class Embedder:
-    """An embedding model loaded once with FlagEmbedding's ``FlagModel``.
+    """An embedding model loaded once, as FlagEmbedding's ``FlagModel`` loads it.
 
     Args:
         model: Alias, local directory or Hub name.
@@ -161,37 +162,21 @@ class Embedder:
         self, model: str, options: EmbedderOptions | None = None, device: str | None = None
     ):
         import torch
-        from FlagEmbedding import FlagModel
 
         self.path = resolve_model_path(model)
         self.options = (options or EmbedderOptions()).resolved(self.path)
         self.device = pick_device(device)
         on_gpu = self.device.startswith("cuda")
-        self._flag_model = FlagModel(
-            self.path,
-            normalize_embeddings=self.options.normalize,
-            use_fp16=on_gpu,  # fp16 on GPUs as FlagEmbedding does; float32 on CPUs
-            pooling_method=self.options.pooling,
-            query_instruction_for_retrieval=self.options.query_instruction,
-            devices=[self.device],
-            batch_size=self.options.batch_size,
-            query_max_length=self.options.query_max_length,
-            passage_max_length=self.options.passage_max_length,
-            trust_remote_code=False,
-        )
-        self.tokenizer = self._flag_model.tokenizer
-        self.model = self._flag_model.model.to(self.device)
+        # fp16 on GPUs as FlagEmbedding does; float32 on CPUs
+        dtype = torch.float16 if on_gpu else torch.float32
+        self.tokenizer, network = load_encoder(self.path, dtype)
+        self.model = network.to(self.device)
         if not on_gpu:
             self.model.float()
         self.model.eval()
         self.dimension = int(self.model.config.hidden_size)
         self.stats = BatchStats()
         self._torch = torch
-
-    @property
-    def flag_model(self):
-        """The underlying ``FlagModel``, for bare comparisons."""
-        return self._flag_model
 
     def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
         """Embed queries: the instruction (if any) is prepended, then :meth:`encode`."""
@@ -216,8 +201,6 @@ class Embedder:
         Sub-batches are length-sorted and token-budgeted; on a GPU, the next sub-batch is
         padded and copied while the current one runs (the results are read one step late).
         """
-        from FlagEmbedding.utils.tokenizer_compat import pad_with_compat
-
         torch = self._torch
         lengths = [len(ids) for ids in input_ids]
         self.stats.rows += len(lengths)
@@ -230,14 +213,12 @@ class Embedder:
                 lengths, self.options.batch_size, self.options.max_tokens_per_batch
             ):
                 features = [{"input_ids": list(input_ids[i])} for i in batch]
-                inputs = pad_with_compat(
-                    self.tokenizer, features, padding=True, return_tensors="pt"
-                ).to(self.device, non_blocking=True)
+                inputs = pad(self.tokenizer, features).to(self.device, non_blocking=True)
                 self.stats.padded_tokens += int(inputs["input_ids"].numel())
                 if pending is not None:
                     output[pending[0]] = pending[1].float().cpu().numpy()
                 hidden = self.model(**inputs, return_dict=True).last_hidden_state
-                vectors = self._flag_model.pooling(hidden, inputs["attention_mask"])
+                vectors = pool(hidden, inputs["attention_mask"], self.options.pooling)
                 if self.options.normalize:
                     vectors = torch.nn.functional.normalize(vectors, dim=-1)
                 pending = (batch, vectors)

