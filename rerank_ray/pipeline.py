@@ -131,6 +131,11 @@ class Pipeline:
         from other inputs or options than the current config's: nothing stale is read, and
         no result is labelled with a model it was not computed with."""
         for before in self.upstream(stage):
+            if before == "rerank" and exists(join(self.run.root, "rerank.parquet")):
+                raise ConfigError(
+                    f"{self.run.root}: an earlier version's layout (one rerank.parquet); run"
+                    " the 'rerank' stage to score each reranker into rerank/<system>.parquet"
+                )
             if not self.is_complete(before):
                 raise ConfigError(
                     f"{self.run.root}: the {before} stage's output is missing or was computed"

@@ -80,7 +80,7 @@ def test_actors_compute_what_the_bare_loops_compute(tiny_models):
     assert actor.embedder.stats.tokens == sum(len(t.split()) + 2 for t in texts)  # a word a token
 
     pairs = [(texts[i][:60], texts[(i * 7 + 1) % len(texts)]) for i in range(len(texts))]
-    rerank = RerankActor(RerankOptions(model=reranker_path, batch_size=4))
+    rerank = RerankActor(RerankOptions(models=reranker_path, batch_size=4))
     scored = rerank(
         pa.table(
             {

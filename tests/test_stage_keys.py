@@ -162,7 +162,7 @@ def test_edits_in_place_are_seen_and_stale_or_relabelled_outputs_are_refused(
 
 
 def test_adding_a_reranker_scores_only_it_and_a_damaged_or_dropped_one_is_not_kept(
-    ray_session, msmarco, tmp_path, monkeypatch
+    ray_session, msmarco, tmp_path, monkeypatch, capsys
 ):
     """Each reranker's file records the key it was scored with: a second reranker added to a
     run is the only one scored; a file whose record does not verify is scored again; a
@@ -187,6 +187,9 @@ def test_adding_a_reranker_scores_only_it_and_a_damaged_or_dropped_one_is_not_ke
     smoke = out / "rerank" / "minilm-smoke.parquet"
     first = smoke.read_bytes()
     (out / "rerank.parquet").write_bytes(b"an earlier version's single rerank file")
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(out), "-q"]) == 2
+    assert "an earlier version's layout (one rerank.parquet)" in capsys.readouterr().err
 
     both = [*base, "--reranker", "minilm-smoke", "--reranker", "bi:minilm"]
     assert main(both) == 0
