@@ -150,3 +150,136 @@ def test_the_resampled_randomization_test_agrees_with_scipys(lift):
     assert randomization_p(differences, np.random.default_rng(SEED)) == pytest.approx(
         scipys, abs=0.015
     )
+
+
+def _systems_at(n: int, seed: int) -> dict:
+    """A baseline and three systems over ``n`` queries, on metrics shaped like the real ones:
+    0/1 (ties galore), reciprocal ranks (fractions whose sums round), a skewed continuous one
+    (a clear acceleration) and a plain continuous one."""
+    rng = np.random.default_rng(seed)
+
+    def system() -> dict:
+        rank = rng.integers(1, 15, size=n)
+        values = {
+            "recall@1": (rank == 1).astype(float),
+            "mrr@10": np.where(rank <= 10, 1 / rank, 0.0),
+            "skewed": rng.exponential(size=n) ** 2,
+            "plain": rng.normal(size=n),
+        }
+        return {f"q{i:05d}": {m: float(v[i]) for m, v in values.items()} for i in range(n)}
+
+    return {"retrieval": system(), "a": system(), "b": system(), "c": system()}
+
+
+def test_intervals_computed_together_equal_scipys_bootstrap_of_each_vector():
+    """Twelve comparisons share their resamples (batched: BATCH_VALUES // n < RESAMPLES) and
+    each interval equals scipy's BCa bootstrap of that one vector with the same seed, on 0/1
+    metrics (resample means tie the observed one), reciprocal ranks and skewed values."""
+    from rerank_ray.significance import BATCH_VALUES
+
+    n = 2_500
+    assert BATCH_VALUES // n < RESAMPLES
+    per_query = _systems_at(n, seed=4)
+    metrics = ["recall@1", "mrr@10", "skewed", "plain"]
+    found = compare_systems(per_query, "retrieval", metrics)
+    assert len(found) == 12
+    qids = sorted(per_query["retrieval"])
+    for c in found:
+        differences = np.array(
+            [per_query[c.system][q][c.metric] - per_query["retrieval"][q][c.metric] for q in qids]
+        )
+        interval = stats.bootstrap(
+            (differences,),
+            np.mean,
+            n_resamples=RESAMPLES,
+            method="BCa",
+            batch=BATCH_VALUES // n,
+            rng=np.random.default_rng(SEED),
+        ).confidence_interval
+        assert (c.ci_low, c.ci_high) == pytest.approx((interval.low, interval.high), abs=1e-12), c
+        assert c.t_test_p == pytest.approx(stats.ttest_rel(differences, 0 * differences).pvalue)
+
+
+def test_a_comparisons_figures_do_not_depend_on_those_computed_alongside():
+    """The draws depend only on the number of queries and the seed: alone or with others, a
+    comparison gets the same p and (up to the matrix product's rounding) the same interval."""
+    per_query = _systems_at(300, seed=5)
+    together = compare_systems(per_query, "retrieval", ["mrr@10", "plain"])
+    for c in together:
+        [alone] = compare_systems(
+            {"retrieval": per_query["retrieval"], c.system: per_query[c.system]},
+            "retrieval",
+            [c.metric],
+        )
+        assert (alone.randomization_p, alone.t_test_p) == (c.randomization_p, c.t_test_p)
+        assert (alone.ci_low, alone.ci_high) == pytest.approx((c.ci_low, c.ci_high), abs=1e-15)
+
+
+def test_small_samples_computed_together_equal_the_full_enumeration():
+    """2^12 <= RESAMPLES: every swap enumerated, for several comparisons at once, with
+    reciprocal-rank differences whose swapped sums tie the observed one up to rounding."""
+    per_query = _systems_at(12, seed=6)
+    qids = sorted(per_query["retrieval"])
+    for c in compare_systems(per_query, "retrieval", ["recall@1", "mrr@10", "plain"]):
+        differences = np.array(
+            [per_query[c.system][q][c.metric] - per_query["retrieval"][q][c.metric] for q in qids]
+        )
+        assert c.randomization_p == pytest.approx(_enumerated_p(differences), abs=1e-12), c
+
+
+def test_resampled_p_values_computed_together_agree_with_scipys_permutation_test():
+    """Past 2^n > RESAMPLES: each p of comparisons sharing their swaps is within Monte Carlo
+    error of scipy.stats.permutation_test on that vector (other random draws)."""
+    n = 600
+    per_query = _systems_at(n, seed=8)
+    qids = sorted(per_query["retrieval"])
+    for system in ("a", "b", "c"):  # a lift for b, so that some p are small
+        for q in qids:
+            per_query[system][q]["plain"] += {"a": 0.0, "b": 0.12, "c": 0.05}[system]
+    for c in compare_systems(per_query, "retrieval", ["recall@1", "mrr@10", "plain"]):
+        differences = np.array(
+            [per_query[c.system][q][c.metric] - per_query["retrieval"][q][c.metric] for q in qids]
+        )
+        scipys = stats.permutation_test(
+            (differences, np.zeros(n)),
+            lambda x, y, axis: np.mean(x - y, axis=axis),
+            permutation_type="samples",
+            vectorized=True,
+            n_resamples=RESAMPLES,
+            rng=np.random.default_rng(0),
+        ).pvalue
+        assert c.randomization_p == pytest.approx(scipys, abs=0.02), (c, scipys)
+
+
+def test_comparisons_over_other_queries_and_without_spread_alongside_others():
+    """A system with fewer queries is tested over those; one that changes nothing, or adds
+    the same to every query, has no spread: its interval is its mean, its t-test decided."""
+    rng = np.random.default_rng(9)
+    baseline = rng.choice([0.0, 0.25, 0.5, 0.75], size=40)  # + 0.25 exactly
+    per_query = {
+        "retrieval": _per_query(baseline),
+        "same": _per_query(baseline),
+        "shifted": _per_query(baseline + 0.25),
+        "noisy": _per_query(baseline + rng.normal(0.1, 0.2, size=40)),
+        "fewer": dict(list(_per_query(baseline + rng.normal(size=40)).items())[:30]),
+    }
+    found = {c.system: c for c in compare_systems(per_query, "retrieval", ["m"])}
+    assert (found["same"].ci_low, found["same"].ci_high, found["same"].t_test_p) == (0, 0, 1)
+    assert found["shifted"].ci_low == found["shifted"].ci_high == pytest.approx(0.25)
+    assert found["shifted"].t_test_p == 0.0
+    assert found["noisy"].ci_low < found["noisy"].mean_difference < found["noisy"].ci_high
+    assert found["fewer"].queries == 30 and found["noisy"].queries == 40
+
+
+def test_swaps_tying_the_observed_sum_in_exact_arithmetic_count_as_ties():
+    """Differences in tenths summing to 0 (or 0.1): many swaps give the observed mean exactly,
+    which floating point misses by a few ulps, far beyond 100 ε of an observed mean near 0;
+    they count as ties however the matrix product adds the terms up."""
+    from rerank_ray.significance import randomization_p
+
+    rng = np.random.default_rng(0)
+    tenths = rng.integers(-10, 11, size=(40, 12))
+    tenths[:, -1] = rng.integers(0, 2, size=40) - tenths[:, :-1].sum(axis=1)
+    rows = tenths / 10
+    together = randomization_p(rows, np.random.default_rng(SEED))
+    assert together == pytest.approx([_enumerated_p(row) for row in rows], abs=1e-12)
