@@ -6,7 +6,7 @@ products, top-k by ``np.argsort``; recall@k. Prints one JSON line with the phase
 (``python`` start-up excluded, which the caller times from outside).
 
 Usage:
-    python bench/bare_retrieval.py DEV_JSONL MODEL_DIR --queries 20 --k 100
+    python bench/bare_retrieval.py DEV_JSONL MODEL_DIR --queries 20 --k 100 [--batch-size 128]
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=20)
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="FlagModel.encode's batch (default: its own)"
+    )
     args = parser.parse_args()
     times = {}
 
@@ -48,10 +51,11 @@ def main() -> None:
     )
     times["load"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    corpus = model.encode_corpus(passages)
+    batch = {"batch_size": args.batch_size} if args.batch_size else {}
+    corpus = model.encode_corpus(passages, **batch)
     times["encode_corpus"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    query_vectors = model.encode_queries([row["query"] for row in queries])
+    query_vectors = model.encode_queries([row["query"] for row in queries], **batch)
     times["encode_queries"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
