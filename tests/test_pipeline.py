@@ -460,7 +460,7 @@ def test_cli_run_on_official_tsv_layout(ray_session, msmarco, tmp_path, capsys):
     assert metrics["recall@10"] > 0.5  # real model, real data: far above chance (10 / 250)
     # 20 passages retrieved per query: recall@100 would be recall@20 mislabelled
     assert "recall@100" not in metrics
-    note = "recall@100 not reported: only the top 20 passages were retrieved per query."
+    note = "recall@100, map@100 not reported: only the top 20 passages were retrieved per query."
     assert f"NOTE: {note}" in printed and note in (out / "report.md").read_text()
 
     assert not (out / "rerank").exists()
