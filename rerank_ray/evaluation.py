@@ -19,6 +19,8 @@ Example::
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -127,6 +129,7 @@ def evaluate_run(
     return result, {**stats, "significance": significance}
 
 
+@dataclass(frozen=True)
 class RerankedTable:
     """One reranker's ``rerank/<system>.parquet``, ordered by query and rank, with the grade
     of each judged row (the rows of queries without a relevant passage are dropped).
@@ -134,16 +137,20 @@ class RerankedTable:
     A query's reranked rows are its retrieved passages of retrieval rank 1 to ``n`` (the
     rerank stage scores exactly those); its ranking is these rows in rerank order, then its
     retrieved passages of rank above ``n`` in retrieval order.
+
+    Attributes:
+        query, rank, retrieval_rank, score: Per row: the query's index in
+            ``judgements.qids``, the rank the reranker gave, the retrieval's rank, the score.
+        judged_rows, judged_grades: The rows that are judged pairs, and their grades.
     """
 
-    def __init__(self, query, rank, retrieval_rank, score, judged_rows, judged_grades, judgements):
-        self.query = query
-        self.rank = rank
-        self.retrieval_rank = retrieval_rank
-        self.score = score
-        self.judged_rows = judged_rows
-        self.judged_grades = judged_grades
-        self.judgements = judgements
+    query: np.ndarray
+    rank: np.ndarray
+    retrieval_rank: np.ndarray
+    score: np.ndarray
+    judged_rows: np.ndarray
+    judged_grades: np.ndarray
+    judgements: Judgements
 
     @classmethod
     def read(cls, path: str, judgements: Judgements) -> RerankedTable:
