@@ -28,6 +28,25 @@ from rerank_ray.models import default_max_length, default_pooling, pick_device, 
 from rerank_ray.networks import load_encoder, pad, pool
 from rerank_ray.options import option
 
+#: Padded tokens per forward pass on a GPU: large batches keep it busy.
+GPU_TOKENS_PER_BATCH = 16_384
+#: Padded tokens per forward pass on a CPU: a batch this small keeps a layer's activations
+#: in the cores' caches, which costs less per token than larger batches (BENCHMARKS.md,
+#: whole process against the bare script; ``bench/cpu_token_budget.py``).
+CPU_TOKENS_PER_BATCH = 2_048
+
+
+def tokens_per_batch(max_tokens_per_batch: int | None, device: str) -> int:
+    """The padded-token budget of one forward pass: the one given, else the device's.
+
+    Example:
+        >>> tokens_per_batch(None, "cpu"), tokens_per_batch(None, "cuda:0"), tokens_per_batch(99, "cpu")
+        (2048, 16384, 99)
+    """
+    if max_tokens_per_batch is not None:
+        return max_tokens_per_batch
+    return GPU_TOKENS_PER_BATCH if device.startswith("cuda") else CPU_TOKENS_PER_BATCH
+
 
 @dataclass(frozen=True)
 class EmbedderOptions:
@@ -43,7 +62,7 @@ class EmbedderOptions:
         normalize: L2-normalize the vectors, so inner product is cosine.
         batch_size: Most texts per forward pass.
         max_tokens_per_batch: Most padded tokens per forward pass; long texts get smaller
-            batches.
+            batches. ``None``: the device's (:func:`tokens_per_batch`).
         storage: ``float32`` or ``float16``: how the vectors are stored. float16 halves the
             embedding files and the search's memory; the search scores what is stored, exactly.
     """
@@ -67,10 +86,11 @@ class EmbedderOptions:
     batch_size: int = option(
         64, "--batch-size", "most texts per forward pass", type=int, metavar="N"
     )
-    max_tokens_per_batch: int = option(
-        16_384,
+    max_tokens_per_batch: int | None = option(
+        None,
         "--max-tokens-per-batch",
-        "most padded tokens per forward pass",
+        f"most padded tokens per forward pass (default: {GPU_TOKENS_PER_BATCH} on a GPU,"
+        f" {CPU_TOKENS_PER_BATCH} on a CPU)",
         type=int,
         metavar="N",
     )
@@ -92,7 +112,12 @@ class EmbedderOptions:
                 EmbedderOptions,
                 "storage",
             )
-        for name in ("query_max_length", "passage_max_length", "batch_size"):
+        for name in (
+            "query_max_length",
+            "passage_max_length",
+            "batch_size",
+            "max_tokens_per_batch",
+        ):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be at least 1, got {value}", EmbedderOptions, name)
@@ -175,6 +200,7 @@ class Embedder:
             self.model.float()
         self.model.eval()
         self.dimension = int(self.model.config.hidden_size)
+        self.max_tokens = tokens_per_batch(self.options.max_tokens_per_batch, self.device)
         self.stats = BatchStats()
         self._torch = torch
 
@@ -209,9 +235,7 @@ class Embedder:
         output = np.empty((len(lengths), self.dimension), dtype=np.float32)
         pending = None
         with torch.inference_mode():
-            for batch in length_batches(
-                lengths, self.options.batch_size, self.options.max_tokens_per_batch
-            ):
+            for batch in length_batches(lengths, self.options.batch_size, self.max_tokens):
                 features = [{"input_ids": list(input_ids[i])} for i in batch]
                 inputs = pad(self.tokenizer, features).to(self.device, non_blocking=True)
                 self.stats.padded_tokens += int(inputs["input_ids"].numel())
