@@ -85,6 +85,9 @@ _TINY = 1e-30
 #: Standard deviations of sampling error a guessed lower bound leaves below it.
 GUESS_MARGIN = 5.0
 
+#: Values a guess may climb to during a pass (:meth:`BlockSearch._climb`).
+LADDER = 12
+
 
 @contextmanager
 def _float32_accumulation(device):
@@ -184,6 +187,7 @@ class BlockSearch:
         minus_inf = torch.full((num_queries,), -torch.inf, dtype=torch.float64, device=self.device)
         self._proven = minus_inf  # a lower bound of each query's final k-th exact score
         self._guess = None  # or a guessed one, checked by ``claimed`` at the end
+        self._ladder = None  # higher values the guess may climb to (:meth:`_climb`)
         self._claimed = minus_inf.clone()  # the largest lower bound a pair was dropped against
         # The best k exact scores so far per query (descending): the proven bound, raised per
         # block while no guess is in force.
@@ -197,7 +201,7 @@ class BlockSearch:
         self._buffers: dict = {}
         self.seen = 0
         self.shortlisted = 0
-        self.seconds = {"shortlist": 0.0, "rescore": 0.0, "select": 0.0}  # CPU: as spent
+        self.seconds = {"shortlist": 0.0, "rescore": 0.0, "select": 0.0}  # CPU seconds
 
     # -- lower bounds -------------------------------------------------------------------------
 
@@ -215,22 +219,48 @@ class BlockSearch:
         guessing = rank < self.k and rank <= len(sample)
         if len(sample) < self.k and not guessing:
             return
-        started = time.perf_counter()
+        started = time.process_time()
         block = self._to_device(sample)
         error, relative, short = self._bound(block)
-        deepest = min(len(block), self.k)
+        # With a guess, the sample's k-th would bound nothing the guess does not: not sought.
+        deepest = rank if guessing else self.k
         height = max(1, (4 * TILE_SCORES) // len(block))
         tops = []
         for start in range(0, len(self._queries), height):
             end = min(start + height, len(self._queries))
             tops.append(torch.topk(self._product(short, start, end), deepest, dim=1).values)
         top = torch.cat(tops).double()
-        if len(block) >= self.k:
+        if not guessing:
             kth = top[:, self.k - 1]
             self._proven = torch.maximum(self._proven, kth - error - relative * kth.abs())
-        if guessing:
+        else:
             self._guess = top[:, rank - 1]
-        self.seconds["shortlist"] += time.perf_counter() - started
+            # Higher rungs: the sample's scores from the guess's rank up to below the expected
+            # rank of the k-th, counted as the pass goes (:meth:`_climb`).
+            expected = self.k * len(sample) / total
+            ranks = np.linspace(rank, max(1.0, 0.75 * expected), LADDER).round().astype(int)
+            self._ladder = top[:, torch.from_numpy(np.unique(ranks)[::-1].copy() - 1)]
+            self._above = torch.zeros(self._ladder.shape, dtype=torch.int64, device=self.device)
+            self._total = total
+        self.seconds["shortlist"] += time.process_time() - started
+
+    def _climb(self, rows, scores) -> None:
+        """Raise the guess to the highest rung that enough passages seen so far reach.
+
+        A rung reached by at least :func:`guess_rank` of the ``seen`` passages is, as the
+        sample's guess was, a guess of a value the k-th score reaches; counting over ever more
+        passages, the margin it needs shrinks (relative to the count) as the pass goes.
+        """
+        import torch
+
+        reach = (scores[:, None] >= self._ladder[rows]).to(torch.int64)
+        self._above.index_add_(0, rows, reach)
+        need = guess_rank(self.k, min(self.seen, self._total), self._total)
+        highest = (self._above >= need).sum(dim=1) - 1  # rungs ascend, counts descend
+        climbed = highest >= 0
+        if bool(climbed.any()):
+            rung = self._ladder.gather(1, highest.clamp(min=0)[:, None])[:, 0]
+            self._guess = torch.where(climbed, torch.maximum(self._guess, rung), self._guess)
 
     def _lower(self):
         if self._guess is None:
@@ -252,29 +282,31 @@ class BlockSearch:
         if self._guess is None and len(block) >= self.k and bool(torch.isinf(self._proven).any()):
             self.estimate(vectors, len(block))  # the block's own k-th: a proven bound
         lower = self._lower()
-        started = time.perf_counter()
+        started = time.process_time()
         rows, columns = self._candidates(block, lower)
         self._claimed = torch.maximum(self._claimed, lower)
-        rescoring = time.perf_counter()
+        rescoring = time.process_time()
         scores = self._exact_scores(rows, columns, block)
-        selecting = time.perf_counter()
+        selecting = time.process_time()
         passing = scores >= lower[rows]  # ties with the bound stay: they go by id at the end
         rows, columns, scores = rows[passing], columns[passing], scores[passing]
+        self.seen += len(block)
         if self._guess is None:
             self._raise_bound(rows, scores)
+        elif self._ladder is not None:
+            self._climb(rows, scores)
         columns = columns.cpu().numpy()
         ids = ids.take(pa.array(columns)) if isinstance(ids, pa.Array) else np.asarray(ids)[columns]
         self._rows.append(rows.cpu().numpy())
         self._ids.append(ids if isinstance(ids, pa.Array) else pa.array(ids, pa.string()))
         self._scores.append(scores.cpu().numpy())
         self._kept += len(rows)
-        self.seen += len(block)
         self.shortlisted += len(passing)
         if self._kept > 4 * self._queries.shape[0] * self.k:
             self._compact()
         self.seconds["shortlist"] += rescoring - started
         self.seconds["rescore"] += selecting - rescoring
-        self.seconds["select"] += time.perf_counter() - selecting
+        self.seconds["select"] += time.process_time() - selecting
 
     def _to_device(self, vectors):
         import torch
@@ -301,7 +333,7 @@ class BlockSearch:
         short.copy_(block)
         # A passage's residual measured: |d - bf16(d)| <= u |d| always, and less in practice.
         wide = self._buffer("residual", (size, dim), torch.float32)
-        torch.sub(block, short, out=wide)
+        wide.copy_(short).sub_(block)
         residual = torch.minimum(wide.norm(dim=1).max().double() * 1.001, norm * BFLOAT16_UNIT)
         short_norm = norm + residual
         # The inputs' rounding, Cauchy-Schwarz on each term of
@@ -406,10 +438,21 @@ class BlockSearch:
         import torch
 
         dim = block.shape[1]
-        chunk = max(64, (1 << 17) // dim)
+        chunk = max(64, (3 << 15) // dim)  # 128 pairs at 384 dimensions: the buffers fit L2
         scores = torch.empty(len(rows), dtype=torch.float64, device=self.device)
         queries = self._buffer("gathered queries", (chunk, dim), torch.float64)
         passages = self._buffer("gathered passages", (chunk, dim), block.dtype)
+        if block.device.type == "cpu":
+            # Gathered by torch into reused buffers; numpy's einsum then widens the stored
+            # side as it multiplies and adds, in one pass.
+            out, left, right = scores.numpy(), queries.numpy(), passages.numpy()
+            for start in range(0, len(rows), chunk):
+                end = min(start + chunk, len(rows))
+                count = end - start
+                torch.index_select(self._queries, 0, rows[start:end], out=queries[:count])
+                torch.index_select(block, 0, columns[start:end], out=passages[:count])
+                out[start:end] = np.einsum("ij,ij->i", left[:count], right[:count])
+            return scores
         wide = self._buffer("gathered passages float64", (chunk, dim), torch.float64)
         for start in range(0, len(rows), chunk):
             end = min(start + chunk, len(rows))
@@ -445,12 +488,30 @@ class BlockSearch:
 
     def _sorted(self):
         """Every kept pair ordered by query row, then score (descending), then id."""
+        import torch
+
         rows = np.concatenate(self._rows) if self._rows else np.zeros(0, np.int64)
         scores = np.concatenate(self._scores) if self._scores else np.zeros(0)
         ids = pa.concat_arrays(self._ids) if self._ids else pa.array([], pa.string())
-        order = np.argsort(-scores, kind="stable")
-        order = order[np.argsort(rows[order], kind="stable")]
-        rows, scores = rows[order], scores[order]
+        num_queries = self._queries.shape[0]
+        # Grouped by row (a radix sort where rows fit 16 bits), then each row's scores sorted
+        # in a dense (rows x most kept) matrix.
+        narrow = rows.astype(np.uint16) if num_queries <= 1 << 16 else rows
+        order = np.argsort(narrow, kind="stable")
+        counts = np.bincount(rows, minlength=num_queries)
+        starts = np.cumsum(counts) - counts
+        slots = np.arange(len(rows)) - np.repeat(starts, counts)
+        grouped = rows[order]
+        dense = torch.full(
+            (num_queries, int(counts.max(initial=0))), -torch.inf, dtype=torch.float64
+        )
+        where = torch.from_numpy(grouped), torch.from_numpy(slots)
+        dense[where] = torch.from_numpy(scores[order])
+        positions = torch.full(dense.shape, -1, dtype=torch.int64)
+        positions[where] = torch.from_numpy(order)
+        dense, within = torch.sort(dense, dim=1, descending=True, stable=True)
+        order = torch.gather(positions, 1, within)[where].numpy()
+        rows, scores = grouped, scores[order]
         ids = ids.take(pa.array(order))
         # Equal (row, score) runs go by id: only those are sorted by their strings.
         tied = np.flatnonzero((rows[1:] == rows[:-1]) & (scores[1:] == scores[:-1]))
@@ -483,7 +544,7 @@ class BlockSearch:
 
     def ranked(self) -> Ranked:
         """The top-k per query, best first, ties by id; scores are float64 inner products."""
-        started = time.perf_counter()
+        started = time.process_time()
         rows, scores, ids = self._sorted()
         num_queries = self._queries.shape[0]
         first = np.searchsorted(rows, np.arange(num_queries + 1))
@@ -496,7 +557,7 @@ class BlockSearch:
         complete = counts == min(self.k, self.seen)
         failed = np.flatnonzero(~(complete & (kth >= claimed)))
         keep = top & ~np.isin(rows, failed)
-        self.seconds["select"] += time.perf_counter() - started
+        self.seconds["select"] += time.process_time() - started
         return Ranked(rows[keep], scores[keep], ids.filter(pa.array(keep)), failed)
 
     def result(self) -> TopK:
