@@ -8,10 +8,10 @@ final; with several, the driver merges a chunk's results by score, then id. The 
 each chunk's rows as soon as the chunk is complete, so it holds one chunk's results (and the
 query vectors), never the corpus vectors nor the whole result.
 
-How the work is cut (:func:`plan_tasks`): as many chunks as there are task slots (CPUs, or
-GPUs where the device plan is ``cuda``), but no chunk under :data:`MIN_CHUNK_QUERIES` queries;
-slots left over split the files into groups. Every task of a chunk reads its group's files
-once, so on a single node the corpus is read once per chunk and no merge is needed.
+How the work is cut (:func:`plan_tasks`): into as many tasks as there are slots (CPUs, or
+GPUs where the device plan is ``cuda``); by queries where the results are large against the
+corpus (every chunk reads the corpus once, nothing is merged: 6,980 queries x top 1,000), by
+files where they are small (the corpus is read once, the driver merges small results).
 
 Example::
 
@@ -46,6 +46,10 @@ SAMPLE_ROWS = 1 << 16
 #: Fewest queries in a chunk: smaller chunks would read the corpus more often for little work.
 MIN_CHUNK_QUERIES = 256
 
+#: Cost of one more result row to merge (scored, selected, sent, merged), in values of corpus
+#: vectors read.
+MERGE_WEIGHT = 200
+
 #: Rows of a row group of ``retrieval.parquet``.
 ROW_GROUP_ROWS = 1 << 20
 
@@ -53,16 +57,27 @@ ROW_GROUP_ROWS = 1 << 20
 PARTIAL_SCHEMA = pa.schema([("row", pa.int32()), ("pid", pa.string()), ("score", pa.float64())])
 
 
-def plan_tasks(num_queries: int, num_files: int, slots: int) -> tuple[int, int]:
-    """``(query chunks, file groups)`` for ``slots`` tasks at once (see the module).
+def plan_tasks(
+    num_queries: int, k: int, corpus_rows: int, dim: int, num_files: int, slots: int
+) -> tuple[int, int]:
+    """``(query chunks, file groups)`` for ``slots`` tasks at once.
+
+    Splitting the files costs a merge of ``queries x k`` rows per extra group in the driver;
+    splitting the queries costs a read of the corpus per extra chunk. Where the rows to merge,
+    weighted by :data:`MERGE_WEIGHT`, outnumber the corpus's values, the queries are split
+    first (chunks of at least :data:`MIN_CHUNK_QUERIES`) and spare slots split the files;
+    otherwise the files are split first.
 
     Example:
-        >>> plan_tasks(6980, 40, 2), plan_tasks(40, 5, 2), plan_tasks(6980, 400, 64)
-        ((2, 1), (1, 2), (27, 2))
+        >>> plan_tasks(6980, 1000, 1_000_000, 384, 4, 2), plan_tasks(1000, 100, 500_000, 384, 2, 2)
+        ((2, 1), (1, 2))
     """
-    chunks = max(1, min(slots, num_queries // MIN_CHUNK_QUERIES))
-    groups = max(1, min(num_files, slots // chunks))
-    return chunks, groups
+    by_queries = max(1, min(slots, num_queries // MIN_CHUNK_QUERIES))
+    merged = num_queries * min(k, corpus_rows) * MERGE_WEIGHT
+    if merged > corpus_rows * dim:
+        return by_queries, max(1, min(num_files, slots // by_queries))
+    groups = max(1, min(num_files, slots))
+    return max(1, min(by_queries, slots // groups)), groups
 
 
 def block_rows(dim: int) -> int:
@@ -244,7 +259,10 @@ def exact_search(
     if max_in_flight is None:
         slots = plan.max_gpus if num_gpus else int(ray.cluster_resources().get("CPU", 2))
         max_in_flight = max(1, slots)
-    chunks, groups = plan_tasks(len(qids), len(files), max_in_flight)
+    corpus_rows = sum(_file_rows(path) for path in files)
+    chunks, groups = plan_tasks(
+        len(qids), k, corpus_rows, queries.shape[1], len(files), max_in_flight
+    )
     search_task = ray.remote(max_retries=3, num_cpus=1, num_gpus=num_gpus)(_search_task)
     bounds = np.linspace(0, len(qids), chunks + 1).astype(int)
     file_groups = [files[g::groups] for g in range(groups)]
@@ -252,7 +270,7 @@ def exact_search(
     for first, last in zip(bounds[:-1], bounds[1:]):
         chunk = ray.put(queries[first:last])
         pending.append([search_task.remote(group, chunk, k) for group in file_groups])
-    placements, seconds, rows = [], {}, 0
+    placements, seconds, rows, writing = [], {}, 0, 0.0
     with atomic_path(output_path) as tmp:
         writer = parquet_writer(tmp, RETRIEVAL_SCHEMA)
         try:
@@ -263,9 +281,11 @@ def exact_search(
                     placements.append(placement)
                     for phase, value in phases.items():
                         seconds[phase] = seconds.get(phase, 0) + value
+                mark = time.perf_counter()
                 table = _rows_of(qids[first:last], _merge(partials, k))
                 writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
                 rows += table.num_rows
+                writing += time.perf_counter() - mark
                 del partials, table
         finally:
             writer.close()
@@ -289,6 +309,7 @@ def exact_search(
             "pairs_rescored": int(seconds.pop("pairs", 0)),
             "guess_failed": int(seconds.pop("guess_failed", 0)),
             "task_cpu_seconds": {phase: round(value, 3) for phase, value in seconds.items()},
+            "driver_merge_write_seconds": round(writing, 3),
         },
     )
 
