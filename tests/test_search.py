@@ -329,6 +329,29 @@ def test_a_guess_too_high_is_reported_not_trusted():
         search.result()
 
 
+def test_a_guess_that_climbs_too_high_is_caught_by_its_claim():
+    """A query can end with k kept pairs and still have lost some of its top-k: a first block of
+    its 5 best passages and its ranks 51-100 lifts the guess (:meth:`BlockSearch._climb`) above
+    its 50th score; later blocks then drop ranks up to it, while ranks 51-100, kept under the
+    first guess, fill the count. Only the check against the claimed bound reports it."""
+    rng = np.random.default_rng(13)
+    corpus = rng.standard_normal((10_000, 16)).astype(np.float32)
+    query = rng.standard_normal((1, 16)).astype(np.float32)
+    pids = np.array([f"p{i:05d}" for i in range(10_000)])
+    by_rank = np.argsort(-(corpus @ query[0]))
+    first = np.r_[by_rank[:5], by_rank[50:100]]
+    rest = rng.permutation(np.setdiff1d(np.arange(10_000), first))
+    search = BlockSearch(query, k=50)
+    search.estimate(corpus[rng.choice(10_000, 1000, replace=False)], total=10_000)
+    search.add(corpus[first], pids[first])
+    kth = float(corpus[by_rank[49]] @ query[0])
+    assert float(search._guess[0]) > kth  # climbed past the 50th score
+    for start in range(0, len(rest), 500):
+        search.add(corpus[rest[start : start + 500]], pids[rest[start : start + 500]])
+    ranked = search.ranked()
+    assert ranked.failed.tolist() == [0] and len(ranked.rows) == 0
+
+
 @pytest.mark.parametrize("heads", ["best", "random"])
 def test_search_files_is_exact_whatever_the_sample(tmp_path, monkeypatch, heads):
     """:func:`search_files` guesses from the first vectors of every file: from each query's best
