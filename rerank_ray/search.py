@@ -21,18 +21,18 @@ Example::
 
 from __future__ import annotations
 
-import math
+import itertools
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from rerank_ray.embed import embedding_files, embedding_matrix
 from rerank_ray.errors import DataError
 from rerank_ray.io import atomic_path, is_uri, open_input
-from rerank_ray.parquet import parquet_writer, read_table
+from rerank_ray.parquet import parquet_files, parquet_writer, read_table
 from rerank_ray.pool import StageStats, cluster_gpus, decide_device
 from rerank_ray.ranking import RETRIEVAL_SCHEMA
 from rerank_ray.topk import TILE_COLUMNS, BlockSearch, Ranked
@@ -40,7 +40,7 @@ from rerank_ray.topk import TILE_COLUMNS, BlockSearch, Ranked
 #: Bytes of corpus vectors (as float32) a task reads and scores at once.
 BLOCK_BYTES = 32 << 20
 
-#: Corpus vectors a task draws (from every file alike) to guess its queries' k-th scores.
+#: Corpus vectors (the first a task reads) its queries' k-th scores are guessed from.
 SAMPLE_ROWS = 1 << 16
 
 #: Fewest queries in a chunk: smaller chunks would read the corpus more often for little work.
@@ -86,6 +86,15 @@ def block_rows(dim: int) -> int:
     return max(TILE_COLUMNS, rows // TILE_COLUMNS * TILE_COLUMNS)
 
 
+def _vectors(column: pa.Array) -> np.ndarray:
+    """A vector column as a ``(rows, dim)`` array, float16 kept as stored, else float32 (as
+    :func:`rerank_ray.embed.embedding_matrix` with ``keep_dtype``, whose module would make
+    every task import Ray Data)."""
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    values = values if values.dtype in (np.float16, np.float32) else values.astype(np.float32)
+    return values.reshape(-1, column.type.list_size)
+
+
 def _parquet(handle, path: str) -> pq.ParquetFile:
     """A Parquet reader; read-ahead of whole column chunks only on object stores, where it
     saves requests (locally it copies what a partial read never decodes)."""
@@ -97,19 +106,24 @@ def _file_rows(path: str) -> int:
         return parquet.metadata.num_rows
 
 
-def _sample(paths: list[str], rows: int) -> np.ndarray:
-    """About ``rows`` corpus vectors, the first ones of every file alike."""
-    each = max(1, math.ceil(rows / len(paths)))
-    parts = []
+def _blocks(paths: list[str], rows: int, dim: int, seconds: dict) -> Iterator:
+    """``(vectors, pids)`` blocks of ``rows`` from the files in turn; the CPU time spent
+    reading goes to ``seconds["read"]``."""
     for path in paths:
+        mark = time.process_time()
         with open_input(path) as handle, _parquet(handle, path) as parquet:
-            if parquet.num_row_groups == 0:
-                continue
-            batches = parquet.iter_batches(batch_size=each, row_groups=[0], columns=["embedding"])
-            for batch in batches:
-                parts.append(embedding_matrix(batch.column("embedding"), keep_dtype=True))
-                break
-    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+            for batch in parquet.iter_batches(batch_size=rows, columns=["pid", "embedding"]):
+                vectors = _vectors(batch.column("embedding"))
+                if vectors.shape[1] != dim:
+                    raise DataError(
+                        f"{path}: corpus embeddings have {vectors.shape[1]} dimensions,"
+                        f" query embeddings {dim}"
+                    )
+                ids = batch.column("pid")
+                seconds["read"] = seconds.get("read", 0.0) + time.process_time() - mark
+                yield vectors, ids if ids.type == pa.string() else ids.cast(pa.string())
+                mark = time.process_time()
+        seconds["read"] = seconds.get("read", 0.0) + time.process_time() - mark
 
 
 def search_files(
@@ -124,37 +138,27 @@ def search_files(
 ) -> Ranked:
     """The top-k of ``queries`` over Parquet files of corpus embeddings, read block by block.
 
-    With ``guess``, the lower bounds start from a sample of the files
+    With ``guess``, the lower bounds start from the first :data:`SAMPLE_ROWS` vectors
     (:meth:`BlockSearch.estimate`); the queries whose guess proves too high are searched again
     without one, so the result is exact either way. ``seconds`` (a dict) gets the CPU time spent
     reading, shortlisting, rescoring and selecting added to it.
     """
     seconds = {} if seconds is None else seconds
-    started = time.process_time()
     search = BlockSearch(queries, k, device=device, shortlist=shortlist)
-    rows = rows or block_rows(queries.shape[1])
-    if guess:
-        total = sum(_file_rows(path) for path in paths)
-        if total > k:
-            search.estimate(_sample(paths, SAMPLE_ROWS), total)
-    reading = time.process_time() - started - sum(search.seconds.values())
-    for path in paths:
-        with open_input(path) as handle, _parquet(handle, path) as parquet:
-            mark = time.process_time()
-            for batch in parquet.iter_batches(batch_size=rows, columns=["pid", "embedding"]):
-                vectors = embedding_matrix(batch.column("embedding"), keep_dtype=True)
-                if vectors.shape[1] != queries.shape[1]:
-                    raise DataError(
-                        f"{path}: corpus embeddings have {vectors.shape[1]} dimensions,"
-                        f" query embeddings {queries.shape[1]}"
-                    )
-                ids = batch.column("pid")
-                reading += time.process_time() - mark
-                search.add(vectors, ids if ids.type == pa.string() else ids.cast(pa.string()))
-                mark = time.process_time()
-            reading += time.process_time() - mark
+    blocks = _blocks(paths, rows or block_rows(queries.shape[1]), queries.shape[1], seconds)
+    head = []
+    total = sum(_file_rows(path) for path in paths) if guess else 0
+    if total > k:
+        # The sample: the first blocks read, scored as the others afterwards.
+        for block in blocks:
+            head.append(block)
+            if sum(len(vectors) for vectors, _ in head) >= SAMPLE_ROWS:
+                break
+        search.estimate(np.concatenate([vectors for vectors, _ in head]), total)
+    for vectors, ids in itertools.chain(head, blocks):
+        search.add(vectors, ids)
     ranked = search.ranked()
-    for phase, value in {"read": reading, **search.seconds}.items():
+    for phase, value in search.seconds.items():
         seconds[phase] = seconds.get(phase, 0.0) + value
     seconds["pairs"] = seconds.get("pairs", 0) + search.shortlisted
     if len(ranked.failed) == 0:
@@ -179,7 +183,9 @@ def search_files(
 
 def read_query_embeddings(directory: str) -> tuple[np.ndarray, np.ndarray]:
     """All query ids and vectors of an embeddings directory, sorted by qid."""
-    files = embedding_files(directory)
+    from rerank_ray.embed import embedding_matrix
+
+    files = parquet_files(directory)
     if not files:
         raise DataError(f"{directory}: no query embeddings")
     table = pa.concat_tables(read_table(path) for path in files)
@@ -251,7 +257,7 @@ def exact_search(
 
     started = time.perf_counter()
     qids, queries = read_query_embeddings(query_embeddings_dir)
-    files = embedding_files(corpus_embeddings_dir)
+    files = parquet_files(corpus_embeddings_dir)
     if not files:
         raise DataError(f"{corpus_embeddings_dir}: no corpus embeddings")
     plan = decide_device(device, cluster_gpus())

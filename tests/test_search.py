@@ -354,9 +354,9 @@ def test_a_guess_that_climbs_too_high_is_caught_by_its_claim():
 
 @pytest.mark.parametrize("heads", ["best", "random"])
 def test_search_files_is_exact_whatever_the_sample(tmp_path, monkeypatch, heads):
-    """:func:`search_files` guesses from the first vectors of every file: from each query's best
-    passages (a guess too high, searched again without one) or from random ones (a guess
-    below the k-th); both give the float64 brute force, ties by pid."""
+    """:func:`search_files` guesses from the first vectors it reads: each query's 30 best
+    passages (a guess too high, searched again without one) or random ones (a guess below the
+    k-th); both give the float64 brute force, ties by pid."""
     from rerank_ray import search as search_module
 
     monkeypatch.setattr(search_module, "SAMPLE_ROWS", 8)
@@ -364,10 +364,8 @@ def test_search_files_is_exact_whatever_the_sample(tmp_path, monkeypatch, heads)
     corpus = rng.integers(-3, 4, size=(4000, 12)).astype(np.float32)
     queries = rng.integers(-3, 4, size=(3, 12)).astype(np.float32)
     pids = np.array([f"d{i}" for i in rng.permutation(4000)])
-    order = _best_first(queries, corpus, 4) if heads == "best" else rng.permutation(4000)
-    # Every file starts with two of ``order``'s first 8: the sample (2 rows of each file).
-    for index in range(4):
-        rows = order[index::4]
+    order = _best_first(queries, corpus, 30) if heads == "best" else rng.permutation(4000)
+    for index, rows in enumerate(np.array_split(order, 4)):
         table = pa.table({"pid": pids[rows], "embedding": to_fixed_size_list(corpus[rows])})
         pq.write_table(table, tmp_path / f"part-{index}.parquet")
     seconds = {}
