@@ -41,7 +41,7 @@ from rerank_ray.topk import TILE_COLUMNS, BlockSearch, Ranked
 BLOCK_BYTES = 32 << 20
 
 #: Corpus vectors (the first a task reads) its queries' k-th scores are guessed from.
-SAMPLE_ROWS = 1 << 16
+SAMPLE_ROWS = 1 << 15
 
 #: Fewest queries in a chunk: smaller chunks would read the corpus more often for little work.
 MIN_CHUNK_QUERIES = 256
