@@ -22,9 +22,9 @@ and only those are scored exactly:
 
 The lower bound of a query is the larger of
 
-* a **proven** one: the k-th best exact score kept so far (any k passages bound the final
-  k-th from below), or the k-th best ``approx`` of a block less its error (the block's k
-  best pairs score at least that, exactly);
+* a **proven** one: the k-th best exact score kept (any k passages bound the final k-th from
+  below; raised as the kept pairs are compacted), or the k-th best ``approx`` of a block
+  less its error (the block's k best pairs score at least that, exactly);
 * a **guess** (:meth:`BlockSearch.estimate`): from a sample of the corpus, the ``approx``
   that about ``k * sample / corpus`` pairs of the sample reach, raised by a margin of
   sampling error. It skips the passages that a running bound would still admit while it
@@ -57,11 +57,11 @@ import math
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
+from rerank_ray.kept import KeptPairs, Ranked
 from rerank_ray.ranking import TopK
 
 #: Scores of one tile of the product (4 MiB of bfloat16): the bar is checked while it is in cache.
@@ -124,18 +124,6 @@ def guess_rank(k: int, sample: int, total: int) -> int:
     return math.ceil(expected + GUESS_MARGIN * math.sqrt(expected) + 1)
 
 
-@dataclass(frozen=True)
-class Ranked:
-    """A :class:`BlockSearch` result, flat: query ``rows`` ascending, each query's passages
-    best first (ties by id), at most k each; ``failed``: the query rows whose guessed lower
-    bound was too high (their entries are left out)."""
-
-    rows: np.ndarray
-    scores: np.ndarray
-    ids: pa.Array
-    failed: np.ndarray
-
-
 class BlockSearch:
     """The exact top-k of fixed queries over corpus vectors added block by block.
 
@@ -189,15 +177,7 @@ class BlockSearch:
         self._guess = None  # or a guessed one, checked by ``claimed`` at the end
         self._ladder = None  # higher values the guess may climb to (:meth:`_climb`)
         self._claimed = minus_inf.clone()  # the largest lower bound a pair was dropped against
-        # The best k exact scores so far per query (descending): the proven bound, raised per
-        # block while no guess is in force.
-        self._best = torch.full(
-            (num_queries, 0), -torch.inf, dtype=torch.float64, device=self.device
-        )
-        self._rows: list[np.ndarray] = []  # kept (query row, id, exact score), compacted
-        self._ids: list[pa.Array] = []
-        self._scores: list[np.ndarray] = []
-        self._kept = 0
+        self._kept = KeptPairs(num_queries)
         self._buffers: dict = {}
         self.seen = 0
         self.shortlisted = 0
@@ -291,19 +271,17 @@ class BlockSearch:
         passing = scores >= lower[rows]  # ties with the bound stay: they go by id at the end
         rows, columns, scores = rows[passing], columns[passing], scores[passing]
         self.seen += len(block)
-        if self._guess is None:
-            self._raise_bound(rows, scores)
-        elif self._ladder is not None:
+        if self._ladder is not None:
             self._climb(rows, scores)
         columns = columns.cpu().numpy()
         ids = ids.take(pa.array(columns)) if isinstance(ids, pa.Array) else np.asarray(ids)[columns]
-        self._rows.append(rows.cpu().numpy())
-        self._ids.append(ids if isinstance(ids, pa.Array) else pa.array(ids, pa.string()))
-        self._scores.append(scores.cpu().numpy())
-        self._kept += len(rows)
+        ids = ids if isinstance(ids, pa.Array) else pa.array(ids, pa.string())
+        self._kept.append(rows.cpu().numpy(), ids, scores.cpu().numpy())
         self.shortlisted += len(passing)
-        if self._kept > 4 * self._queries.shape[0] * self.k:
-            self._compact()
+        if self._kept.count > 3 * self._queries.shape[0] * self.k:
+            # The k-th kept scores: a proven bound (any k passages bound the final k-th).
+            kth = torch.from_numpy(self._kept.compact(self.k)).to(self.device)
+            self._proven = torch.maximum(self._proven, kth)
         self.seconds["shortlist"] += rescoring - started
         self.seconds["rescore"] += selecting - rescoring
         self.seconds["select"] += time.process_time() - selecting
@@ -463,102 +441,15 @@ class BlockSearch:
             torch.sum(queries[:count].mul_(wide[:count]), dim=1, out=scores[start:end])
         return scores
 
-    def _raise_bound(self, rows, scores) -> None:
-        """Fold new exact scores into the best k per query; their k-th is a proven bound."""
-        import torch
-
-        if len(rows) == 0:
-            return
-        counts = torch.bincount(rows, minlength=self._best.shape[0])
-        width = int(counts.max())
-        # Each new score's slot within its row: its position among the row's new scores.
-        order = torch.argsort(rows, stable=True)
-        starts = torch.cumsum(counts, 0) - counts
-        slots = torch.arange(len(rows), device=rows.device) - starts[rows[order]]
-        dense = torch.full(
-            (self._best.shape[0], width), -torch.inf, dtype=torch.float64, device=rows.device
-        )
-        dense[rows[order], slots] = scores[order]
-        merged = torch.cat([self._best, dense], dim=1)
-        self._best = torch.topk(merged, min(self.k, merged.shape[1]), dim=1).values
-        if self._best.shape[1] == self.k:
-            self._proven = torch.maximum(self._proven, self._best[:, -1])
-
     # -- the result ---------------------------------------------------------------------------
 
-    def _sorted(self):
-        """Every kept pair ordered by query row, then score (descending), then id."""
-        import torch
-
-        rows = np.concatenate(self._rows) if self._rows else np.zeros(0, np.int64)
-        scores = np.concatenate(self._scores) if self._scores else np.zeros(0)
-        ids = pa.concat_arrays(self._ids) if self._ids else pa.array([], pa.string())
-        num_queries = self._queries.shape[0]
-        # Grouped by row (a radix sort where rows fit 16 bits), then each row's scores sorted
-        # in a dense (rows x most kept) matrix.
-        narrow = rows.astype(np.uint16) if num_queries <= 1 << 16 else rows
-        order = np.argsort(narrow, kind="stable")
-        counts = np.bincount(rows, minlength=num_queries)
-        starts = np.cumsum(counts) - counts
-        slots = np.arange(len(rows)) - np.repeat(starts, counts)
-        grouped = rows[order]
-        dense = torch.full(
-            (num_queries, int(counts.max(initial=0))), -torch.inf, dtype=torch.float64
-        )
-        where = torch.from_numpy(grouped), torch.from_numpy(slots)
-        dense[where] = torch.from_numpy(scores[order])
-        positions = torch.full(dense.shape, -1, dtype=torch.int64)
-        positions[where] = torch.from_numpy(order)
-        dense, within = torch.sort(dense, dim=1, descending=True, stable=True)
-        order = torch.gather(positions, 1, within)[where].numpy()
-        rows, scores = grouped, scores[order]
-        ids = ids.take(pa.array(order))
-        # Equal (row, score) runs go by id: only those are sorted by their strings.
-        tied = np.flatnonzero((rows[1:] == rows[:-1]) & (scores[1:] == scores[:-1]))
-        if len(tied):
-            # Sorted among themselves by (row, score, id) into their own positions: nothing
-            # else shares a (row, score) with them, so the order by (row, score) stands.
-            members = np.unique(np.concatenate([tied, tied + 1]))
-            names = np.asarray(ids.take(pa.array(members)).to_pylist(), dtype=str)
-            within = members[np.lexsort((names, -scores[members], rows[members]))]
-            order = np.arange(len(rows))
-            order[members] = within
-            rows, scores, ids = rows[order], scores[order], ids.take(pa.array(order))
-        return rows, scores, ids
-
-    def _compact(self) -> None:
-        """Drop kept pairs that fell below their query's k-th kept score."""
-        import torch
-
-        rows, scores, ids = self._sorted()
-        first = np.searchsorted(rows, np.arange(self._queries.shape[0] + 1))
-        counts = np.diff(first)
-        kth = np.full(len(counts), -np.inf)
-        full = counts >= self.k
-        kth[full] = scores[first[:-1][full] + self.k - 1]
-        self._proven = torch.maximum(self._proven, torch.from_numpy(kth).to(self.device))
-        keep = scores >= kth[rows]
-        self._rows, self._scores = [rows[keep]], [scores[keep]]
-        self._ids = [ids.filter(pa.array(keep))]
-        self._kept = int(keep.sum())
-
     def ranked(self) -> Ranked:
-        """The top-k per query, best first, ties by id; scores are float64 inner products."""
+        """The top-k per query, best first, ties by id; scores are float64 inner products.
+        Queries whose guess proved too high are ``failed`` (:meth:`KeptPairs.top`)."""
         started = time.process_time()
-        rows, scores, ids = self._sorted()
-        num_queries = self._queries.shape[0]
-        first = np.searchsorted(rows, np.arange(num_queries + 1))
-        counts = np.minimum(np.diff(first), self.k)
-        position = np.arange(len(rows)) - first[rows]
-        top = position < counts[rows]
-        # Verified: the k-th exact score reaches every bound a pair was dropped against.
-        claimed = self._claimed.cpu().numpy()
-        kth = np.where(counts > 0, scores[np.maximum(first[:-1] + counts - 1, 0)], -np.inf)
-        complete = counts == min(self.k, self.seen)
-        failed = np.flatnonzero(~(complete & (kth >= claimed)))
-        keep = top & ~np.isin(rows, failed)
+        ranked = self._kept.top(self.k, self.seen, self._claimed.cpu().numpy())
         self.seconds["select"] += time.process_time() - started
-        return Ranked(rows[keep], scores[keep], ids.filter(pa.array(keep)), failed)
+        return ranked
 
     def result(self) -> TopK:
         """:meth:`ranked` as ``(num_queries, width)`` arrays (ids as strings).
