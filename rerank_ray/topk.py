@@ -416,7 +416,8 @@ class BlockSearch:
         import torch
 
         dim = block.shape[1]
-        chunk = max(64, (3 << 15) // dim)  # 128 pairs at 384 dimensions: the buffers fit L2
+        # On a CPU 128 pairs at 384 dimensions, so that the buffers stay in L2.
+        chunk = max(64, (3 << (15 if block.device.type == "cpu" else 18)) // dim)
         scores = torch.empty(len(rows), dtype=torch.float64, device=self.device)
         queries = self._buffer("gathered queries", (chunk, dim), torch.float64)
         passages = self._buffer("gathered passages", (chunk, dim), block.dtype)
