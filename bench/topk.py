@@ -3,7 +3,8 @@
 Random unit vectors (seeded), N x dim corpus, Q queries, k neighbours. In one run:
 
 * faiss-cpu ``IndexFlatIP.search`` (the baseline) and the pipeline's kernel in-process
-  (``rerank_ray.search.BlockSearch`` over blocks, as each Ray task runs it), interleaved,
+  (``rerank_ray.topk.BlockSearch`` over blocks, its guess from the first vectors, as each Ray
+  task runs it), interleaved,
   ``--repeats`` times each, the best kept;
 * the whole retrieval stage (``rerank_ray.search.exact_search``: Ray tasks over Parquet files,
   merge in the driver), with the driver's and the workers' peak memory.
@@ -70,7 +71,8 @@ def main() -> None:
     import torch  # imported before timing: each Ray worker pays it once, not per search
 
     from rerank_ray.embed import to_fixed_size_list
-    from rerank_ray.search import MAX_BLOCK_SCORES, BlockSearch
+    from rerank_ray.search import SAMPLE_ROWS, block_rows
+    from rerank_ray.topk import BlockSearch
 
     corpus = unit_vectors(args.corpus, args.dim, 1)
     queries = unit_vectors(args.queries, args.dim, 2)
@@ -79,13 +81,14 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     index = faiss.IndexFlatIP(args.dim)
     index.add(corpus)
-    block = max(1024, MAX_BLOCK_SCORES // args.queries)
+    block = block_rows(args.dim)
 
     def run_faiss():
         return index.search(queries, args.k)[1]
 
     def run_kernel():
         search = BlockSearch(queries, args.k)
+        search.estimate(stored[:SAMPLE_ROWS], args.corpus)
         for start in range(0, args.corpus, block):
             search.add(stored[start : start + block], pids[start : start + block])
         return search.result(), search.shortlisted

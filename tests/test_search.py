@@ -10,7 +10,8 @@ import pytest
 
 from rerank_ray.embed import to_fixed_size_list
 from rerank_ray.ranking import merge_topk
-from rerank_ray.search import BlockSearch, _round_down, exact_search
+from rerank_ray.search import exact_search, search_files
+from rerank_ray.topk import BlockSearch, _round_down
 
 #: bfloat16's unit roundoff: round to nearest moves a value by at most ``U`` of it.
 U = 2.0**-8
@@ -26,6 +27,12 @@ def brute_force(queries, corpus, pids, k):
         out_ids.append(pids[order].tolist())
         out_scores.append(row[order].tolist())
     return out_ids, out_scores
+
+
+#: Tile layouts: the default, and one whose grouped screening runs on the tests' small blocks
+#: (groups of 4 columns in tiles of 64; a 150-row block also leaves a tile of 22, screened
+#: column by column).
+LAYOUTS = [{}, {"group": 4, "tile_columns": 64}]
 
 
 def blockwise(queries, corpus, pids, k, block, **options):
@@ -53,9 +60,10 @@ def test_fewer_passages_than_k_and_merge():
     assert merge_topk(first, second, k=3).ids.tolist() == [["b", "y", "a"]]
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("shortlist", [True, False])
 @pytest.mark.parametrize("kind", ["integers", "floats", "float16", "near-duplicates"])
-def test_blockwise_equals_float64_brute_force(kind, shortlist):
+def test_blockwise_equals_float64_brute_force(kind, shortlist, layout):
     rng = np.random.default_rng(3)
     if kind == "integers":  # every product exact: ties are real and must go by pid
         corpus = rng.integers(-2, 3, size=(700, 8)).astype(np.float32)
@@ -73,7 +81,7 @@ def test_blockwise_equals_float64_brute_force(kind, shortlist):
     pids = np.array([f"p{i:04d}" for i in rng.permutation(700)])
     ids, scores = brute_force(queries, corpus, pids, 20)
     for block in (7, 64, 150, 700):
-        top = blockwise(queries, corpus, pids, 20, block, shortlist=shortlist)
+        top = blockwise(queries, corpus, pids, 20, block, shortlist=shortlist, **layout)
         assert top.ids.tolist() == ids
         np.testing.assert_allclose(top.scores, scores, rtol=1e-12, atol=1e-12)
 
@@ -272,6 +280,104 @@ def test_round_down_gives_the_largest_value_not_above():
     assert _round_down(values[:2], torch.bfloat16).tolist() == [1.0, -(1 + 2.0**-7)]
 
 
+def test_passage_residual_is_the_largest_of_the_block():
+    """The passages' rounding term is the largest residual measured in the block, whichever
+    passage has it. A block of small bfloat16-exact passages and one large passage whose every
+    component rounds down by ``U`` of itself at a tie (:func:`_rounding_down_by_u`), parallel to
+    the queries: on the large passage all three rounding terms are attained, as in
+    :func:`test_shortlist_error_bound_is_tight_on_parallel_vectors`, so a residual taken from
+    another passage (the first, the smallest, an average) leaves the bound short of the
+    deviation there."""
+    import torch
+
+    rng = np.random.default_rng(8)
+    direction = _tie_direction(8, rng)
+    queries = _rounding_down_by_u(direction, np.array([1.0, -2.0]), rng, np.float32)
+    large = _rounding_down_by_u(direction, np.array([1.0]), rng, np.float32)
+    small = (2.0**-3 * direction).astype(np.float32)  # signed powers of two: bfloat16-exact
+    corpus = np.vstack([small, -small, large, 2 * small])
+    search = BlockSearch(queries, k=1)
+    approx, error, relative = search._approximate(torch.from_numpy(corpus).to(search.device))
+    approx = approx.double().cpu().numpy()
+    deviation = np.abs(queries.astype(np.float64) @ corpus.astype(np.float64).T - approx)
+    allowed = error.cpu().numpy()[:, None] + relative * np.abs(approx)
+    assert np.all(deviation <= allowed)
+    assert (deviation[:, 2] / allowed[:, 2]).max() >= 0.98
+
+
+def _best_first(queries, corpus, count):
+    """Corpus row indices: each query's ``count`` best passages first, then the rest."""
+    best = np.unique(np.argsort(-(queries @ corpus.T), axis=1)[:, :count].ravel())
+    return np.r_[best, np.setdiff1d(np.arange(len(corpus)), best)]
+
+
+def test_a_guess_too_high_is_reported_not_trusted():
+    """A guessed lower bound from a sample of each query's best passages is far above the k-th
+    score: the pairs it drops are the top-k's, and every query is reported failed (``ranked``)
+    instead of returned short or wrong; ``result`` refuses."""
+    rng = np.random.default_rng(11)
+    corpus = rng.standard_normal((3000, 16)).astype(np.float32)
+    queries = rng.standard_normal((12, 16)).astype(np.float32)
+    pids = np.array([f"p{i:04d}" for i in range(3000)])
+    order = _best_first(queries, corpus, 5)
+    search = BlockSearch(queries, k=40)
+    search.estimate(corpus[order[:60]], total=100_000)  # guess: a query's 2nd best approx
+    for start in range(0, 3000, 500):
+        search.add(corpus[start : start + 500], pids[start : start + 500])
+    assert search.ranked().failed.tolist() == list(range(12))
+    with pytest.raises(RuntimeError, match="without a guess"):
+        search.result()
+
+
+def test_a_guess_that_climbs_too_high_is_caught_by_its_claim():
+    """A query can end with k kept pairs and still have lost some of its top-k: a first block of
+    its 5 best passages and its ranks 51-100 lifts the guess (:meth:`BlockSearch._climb`) above
+    its 50th score; later blocks then drop ranks up to it, while ranks 51-100, kept under the
+    first guess, fill the count. Only the check against the claimed bound reports it."""
+    rng = np.random.default_rng(13)
+    corpus = rng.standard_normal((10_000, 16)).astype(np.float32)
+    query = rng.standard_normal((1, 16)).astype(np.float32)
+    pids = np.array([f"p{i:05d}" for i in range(10_000)])
+    by_rank = np.argsort(-(corpus @ query[0]))
+    first = np.r_[by_rank[:5], by_rank[50:100]]
+    rest = rng.permutation(np.setdiff1d(np.arange(10_000), first))
+    search = BlockSearch(query, k=50)
+    search.estimate(corpus[rng.choice(10_000, 1000, replace=False)], total=10_000)
+    search.add(corpus[first], pids[first])
+    kth = float(corpus[by_rank[49]] @ query[0])
+    assert float(search._guess[0]) > kth  # climbed past the 50th score
+    for start in range(0, len(rest), 500):
+        search.add(corpus[rest[start : start + 500]], pids[rest[start : start + 500]])
+    ranked = search.ranked()
+    assert ranked.failed.tolist() == [0] and len(ranked.rows) == 0
+
+
+@pytest.mark.parametrize("heads", ["best", "random"])
+def test_search_files_is_exact_whatever_the_sample(tmp_path, monkeypatch, heads):
+    """:func:`search_files` guesses from the first vectors it reads: each query's 30 best
+    passages (a guess too high, searched again without one) or random ones (a guess below the
+    k-th); both give the float64 brute force, ties by pid."""
+    from rerank_ray import search as search_module
+
+    monkeypatch.setattr(search_module, "SAMPLE_ROWS", 8)
+    rng = np.random.default_rng(12)
+    corpus = rng.integers(-3, 4, size=(4000, 12)).astype(np.float32)
+    queries = rng.integers(-3, 4, size=(3, 12)).astype(np.float32)
+    pids = np.array([f"d{i}" for i in rng.permutation(4000)])
+    order = _best_first(queries, corpus, 30) if heads == "best" else rng.permutation(4000)
+    for index, rows in enumerate(np.array_split(order, 4)):
+        table = pa.table({"pid": pids[rows], "embedding": to_fixed_size_list(corpus[rows])})
+        pq.write_table(table, tmp_path / f"part-{index}.parquet")
+    seconds = {}
+    paths = [str(tmp_path / f"part-{index}.parquet") for index in range(4)]
+    ranked = search_files(paths, queries, 30, rows=300, seconds=seconds)
+    assert (seconds.get("guess_failed", 0) > 0) == (heads == "best")
+    ids, scores = brute_force(queries, corpus, pids, 30)
+    assert ranked.rows.tolist() == np.repeat(np.arange(3), 30).tolist()
+    assert ranked.ids.to_pylist() == [pid for row in ids for pid in row]
+    np.testing.assert_allclose(ranked.scores, np.ravel(scores), rtol=1e-12, atol=1e-12)
+
+
 def _write_embedding_files(directory, id_column, ids, vectors, parts):
     directory.mkdir(parents=True)
     for index, chunk in enumerate(np.array_split(np.arange(len(ids)), parts)):
@@ -298,7 +404,9 @@ def test_ray_stage_equals_brute_force(ray_session, tmp_path):
     stats = exact_search(str(tmp_path / "corpus"), str(tmp_path / "queries"), str(out), k=50)
     table = pq.read_table(out)
     assert stats.rows == table.num_rows == 40 * 50
-    assert stats.resources["tasks"] == 5 and stats.resources["devices"] == ["cpu"]
+    # 40 queries make one chunk; the session's 2 CPUs split the 5 files into 2 groups, merged.
+    assert stats.resources["tasks"] == stats.resources["file_groups"] == 2
+    assert stats.resources["devices"] == ["cpu"]
     assert table.schema.names == ["qid", "pid", "rank", "score"]
     ids, scores = brute_force(queries, corpus, pids, 50)
     for q, qid in enumerate(qids):
@@ -320,3 +428,25 @@ def test_k_larger_than_corpus(ray_session, tmp_path):
         str(tmp_path / "corpus"), str(tmp_path / "queries"), str(tmp_path / "r.parquet"), k=10
     )
     assert pq.read_table(tmp_path / "r.parquet").num_rows == 3
+
+
+def test_ray_stage_query_chunks_in_qid_order(ray_session, tmp_path):
+    """600 queries make two chunks (one task each, every file read by both); the rows come out
+    by qid, then rank, equal to the float64 brute force."""
+    rng = np.random.default_rng(8)
+    corpus = rng.integers(-3, 4, size=(2000, 8)).astype(np.float32)
+    queries = rng.integers(-3, 4, size=(600, 8)).astype(np.float32)
+    pids = [f"d{i}" for i in range(2000)]
+    qids = [f"q{i:03d}" for i in rng.permutation(600)]
+    _write_embedding_files(tmp_path / "corpus", "pid", pids, corpus, parts=1)
+    _write_embedding_files(tmp_path / "queries", "qid", qids, queries, parts=3)
+    out = tmp_path / "retrieval.parquet"
+    stats = exact_search(str(tmp_path / "corpus"), str(tmp_path / "queries"), str(out), k=25)
+    assert stats.resources["query_chunks"] == 2 and stats.resources["file_groups"] == 1
+    table = pq.read_table(out).to_pydict()
+    order = np.argsort(qids)
+    assert table["qid"] == [qids[q] for q in order for _ in range(25)]
+    assert table["rank"] == list(range(1, 26)) * 600
+    ids, scores = brute_force(queries[order], corpus, pids, 25)
+    assert table["pid"] == [pid for row in ids for pid in row]
+    assert table["score"] == pytest.approx(np.ravel(scores))
