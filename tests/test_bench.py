@@ -103,6 +103,30 @@ def test_topk_benchmark_finds_the_same_neighbours_as_faiss():
 
 
 @pytest.mark.slow
+def test_retrieve_stage_benchmark_runs_both_sides_and_the_stage_is_exact(tmp_path):
+    """The stage as a user runs it and the bare faiss script, on a tiny corpus in 3 files:
+    the stage equals the float64 brute force on every checked query."""
+    data = str(tmp_path / "rs")
+    _run_bench("retrieve_stage.py", "setup", data, "--corpus", "3000", "--queries", "30",
+               "--dim", "16", "--rows-per-file", "1000")  # fmt: skip
+    completed = subprocess.run(
+        [sys.executable, "-m", "rerank_ray.cli", "retrieve", "--run", f"{data}/run",
+         "--top-k", "10", "-q"],
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    _run_bench("retrieve_stage.py", "faiss", data, "--k", "10")
+    check = json.loads(
+        _run_bench("retrieve_stage.py", "check", data, "--k", "10", "--check-queries", "30")
+        .strip()
+        .splitlines()[-1]
+    )
+    assert check["queries"] == 30 and check["k"] == 10
+    assert check["stage_equals_float64_truth"] == "30/30 queries"
+    assert check["top_k_overlap_with_faiss"] > 0.99
+
+
+@pytest.mark.slow
 def test_embed_memory_benchmark_embeds_every_passage_once():
     stdout = _run_bench("embed_memory.py", "--passages", "3000")
     assert "passages 3000: embed stage" in stdout
