@@ -127,6 +127,15 @@ def test_retrieve_stage_benchmark_runs_both_sides_and_the_stage_is_exact(tmp_pat
 
 
 @pytest.mark.slow
+def test_bare_batch_sweep_gives_the_same_recalls_at_every_batch_size():
+    stdout = _run_bench("bare_batch_sweep.py", "--passages", "60", "--queries", "5", "--k", "10",
+                        "--batch-sizes", "4,16", "--repeats", "1")  # fmt: skip
+    rows = [line for line in stdout.splitlines() if line.startswith(("| 4 ", "| 16 "))]
+    assert len(rows) == 2 and len({row.rsplit("|", 2)[1] for row in rows}) == 1, stdout
+    assert "best batch: " in stdout
+
+
+@pytest.mark.slow
 def test_embed_memory_benchmark_embeds_every_passage_once():
     stdout = _run_bench("embed_memory.py", "--passages", "3000")
     assert "passages 3000: embed stage" in stdout
