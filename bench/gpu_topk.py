@@ -1,9 +1,10 @@
-"""The exact top-k kernel (``rerank_ray.search.BlockSearch``) on one device at MS MARCO scale:
+"""The exact top-k kernel (``rerank_ray.topk.BlockSearch``) on one device at MS MARCO scale:
 random unit vectors (seeded, drawn on the device), N passages x dim, Q queries, k neighbours.
 
-The corpus is fed in the blocks that ``search_file`` cuts (``MAX_BLOCK_SCORES`` scores a
-block), as a retrieval task does after reading them from Parquet; the time covers the kernel
-and the host copies of its input blocks, not Parquet or Ray. The first ``--check-queries``
+The corpus is fed in the blocks the retrieve stage cuts (``rerank_ray.search.block_rows``),
+with its lower bounds guessed from the first ``SAMPLE_ROWS`` vectors, as a retrieval task
+does after reading them from Parquet; the time covers the kernel and the host copies of its
+input blocks, not Parquet or Ray (a query whose guess fails is counted, not searched again). The first ``--check-queries``
 queries are checked against a float64 brute force on the same device (ties by pid).
 
 It needs torch, numpy and pyarrow, nothing else (no Ray, no faiss).
@@ -67,7 +68,8 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from rerank_ray.search import MAX_BLOCK_SCORES, BlockSearch
+    from rerank_ray.search import SAMPLE_ROWS, block_rows
+    from rerank_ray.topk import BlockSearch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
@@ -84,27 +86,32 @@ def main() -> None:
     }
     print(json.dumps(result), flush=True)
 
-    block_rows = max(1024, MAX_BLOCK_SCORES // max(1, args.queries))  # as search_file cuts
+    rows = block_rows(args.dim)  # as the retrieve stage cuts the corpus
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     started = time.perf_counter()
     search = BlockSearch(queries, args.k, device=device)
-    for start in range(0, args.corpus, block_rows):
-        search.add(corpus[start : start + block_rows], pids[start : start + block_rows])
-    top = search.result()
+    if args.corpus > args.k:  # the stage's guessed lower bounds, from the first vectors
+        search.estimate(corpus[:SAMPLE_ROWS], args.corpus)
+    for start in range(0, args.corpus, rows):
+        search.add(corpus[start : start + rows], pids[start : start + rows])
+    ranked = search.ranked()
     seconds = time.perf_counter() - started
     result.update(
-        block_rows=block_rows,
+        block_rows=rows,
         search_seconds=round(seconds, 2),
         query_passage_pairs_per_s=round(args.queries * args.corpus / seconds),
         shortlisted_fraction=round(search.shortlisted / (args.queries * args.corpus), 6),
+        guess_failed_queries=len(ranked.failed),
     )
     print(json.dumps(result), flush=True)
 
     checked = min(args.check_queries, args.queries)
     if checked:
         truth = reference_ids(queries[:checked], corpus, pids, args.k, device)
-        same = sum(top.ids[i].tolist() == truth[i] for i in range(checked))
+        found = ranked.rows[: checked * args.k]  # rows ascending, k passages each
+        ids = ranked.ids.slice(0, len(found)).to_pylist()
+        same = sum([ids[j] for j in np.flatnonzero(found == i)] == truth[i] for i in range(checked))
         result["float64_check"] = f"{same}/{checked} queries identical"
     if args.output:
         with open(args.output, "w") as handle:
