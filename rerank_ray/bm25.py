@@ -189,26 +189,41 @@ def bm25_retrieval(
     out_path: str,
     k: int,
     options: BM25Options,
-    dense_path: str | None = None,
+    dense_from: tuple[str, str] | None = None,
+    device: str = "auto",
     cache_root: str | None = None,
     corpus_hash: str = "",
 ) -> dict:
-    """BM25's top ``k`` per query written to ``out_path`` (``retrieval.parquet``), fused by
-    reciprocal rank with the dense ranking at ``dense_path`` when given (hybrid).
+    """BM25's top ``k`` per query written to ``out_path`` (``retrieval.parquet``); for a
+    hybrid, fused by reciprocal rank with the dense top ``k`` over ``dense_from`` (the corpus
+    and query embedding directories: :func:`rerank_ray.search.exact_search` on ``device``,
+    into a temporary file removed afterwards).
 
-    Runs as one Ray task, which holds the index; the driver holds nothing of the corpus. The
-    index is reused from, or stored in, the cache under ``cache_root`` (on the task's node;
-    keyed by ``corpus_hash`` and the BM25 options: :func:`cached_index`).
+    BM25 runs as one Ray task, which holds the index; the driver holds nothing of the corpus.
+    The index is reused from, or stored in, the cache under ``cache_root`` (on the task's
+    node; keyed by ``corpus_hash`` and the BM25 options: :func:`cached_index`).
     Returns the stage's statistics.
     """
     import ray
 
-    task = ray.remote(num_cpus=1, max_retries=1)(_bm25_in_task)
-    return ray.get(
-        task.remote(
-            corpus_path, queries_path, out_path, k, options, dense_path, cache_root, corpus_hash
+    from rerank_ray.io import discard, temporary_sibling
+    from rerank_ray.search import exact_search
+
+    stats: dict = {}
+    dense = temporary_sibling(out_path) if dense_from else None
+    try:
+        if dense:
+            stats["dense"] = exact_search(*dense_from, dense, k=k, device=device).to_dict()
+        task = ray.remote(num_cpus=1, max_retries=1)(_bm25_in_task)
+        found = ray.get(
+            task.remote(
+                corpus_path, queries_path, out_path, k, options, dense, cache_root, corpus_hash
+            )
         )
-    )
+    finally:
+        if dense:
+            discard(dense)
+    return {**stats, **found}
 
 
 def _bm25_in_task(

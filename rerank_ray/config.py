@@ -112,7 +112,7 @@ class RunConfig:
         rerank: The rerankers (``rerank.models``; ``none`` skips the stage) and their limits.
         top_k: Passages retrieved per query.
         baseline: The system every other one is tested against: ``retrieval`` or a
-            reranker's name (:func:`rerank_ray.rerank.system_name`).
+            reranker's name (:func:`rerank_ray.systems.system_name`).
         candidates: A ranking made elsewhere (a TREC run, or Parquet ``qid, pid, score``) to
             rerank instead of embedding and retrieving: see :mod:`rerank_ray.candidates`.
         compute: Ray cluster and actor pool sizes.

@@ -24,8 +24,9 @@ from __future__ import annotations
 from rerank_ray.errors import ConfigError
 from rerank_ray.io import exists, join, makedirs, split
 from rerank_ray.ranking import read_ranking
-from rerank_ray.rerank import reranked_rankings, system_stem
+from rerank_ray.rerank import reranked_rankings
 from rerank_ray.rundir import RunDirectory
+from rerank_ray.systems import system_stem
 from rerank_ray.trec_run import run_tag, write_trec_run
 
 #: Each export format and the suffix of its files.

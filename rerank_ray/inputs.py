@@ -126,6 +126,15 @@ class RunInputs:
             self._models[key] = resolve_reranker(self.config.rerank.systems[system])
         return self._models[key]
 
+    def reranker_records(self) -> dict:
+        """``{system: its model (name, path, fingerprint) and the rerank options}``, as the
+        manifest records the run's rerankers."""
+        options = self.config.rerank.to_dict()
+        return {
+            s: {**self.reranker(s).to_dict(), "options": options}
+            for s in self.config.rerank.systems
+        }
+
     def embedding_options(self):
         """The embedding options with the model's defaults filled in."""
         return self.config.embedding.resolved(self.embedder().path)

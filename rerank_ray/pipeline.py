@@ -30,11 +30,12 @@ from rerank_ray.datasets import PreparedData, prepare_data
 from rerank_ray.errors import ConfigError
 from rerank_ray.export import exported_paths
 from rerank_ray.inputs import RunInputs, library_versions
-from rerank_ray.io import discard, exists, join, list_files, split
+from rerank_ray.io import discard, exists, join
 from rerank_ray.keys import digest
 from rerank_ray.local_ray import connect_ray
 from rerank_ray.rundir import RunDirectory
 from rerank_ray.stages import STAGE_TABLE, STAGES
+from rerank_ray.systems import SINGLE_RERANKER_FILES
 
 log = logging.getLogger("rerank_ray")
 
@@ -131,7 +132,7 @@ class Pipeline:
         from other inputs or options than the current config's: nothing stale is read, and
         no result is labelled with a model it was not computed with."""
         for before in self.upstream(stage):
-            if before == "rerank" and exists(join(self.run.root, "rerank.parquet")):
+            if before == "rerank" and exists(join(self.run.root, SINGLE_RERANKER_FILES[0])):
                 raise ConfigError(
                     f"{self.run.root}: an earlier version's layout (one rerank.parquet); run"
                     " the 'rerank' stage to score each reranker into rerank/<system>.parquet"
@@ -280,9 +281,7 @@ class Pipeline:
         """BM25's ranking (in one Ray task, :mod:`rerank_ray.bm25`), fused by reciprocal rank
         with the dense one for ``hybrid``."""
         from rerank_ray.bm25 import bm25_retrieval
-        from rerank_ray.io import temporary_sibling
         from rerank_ray.models import default_cache_dir
-        from rerank_ray.search import exact_search
 
         config = self.config
         hybrid = config.retriever == "hybrid"
@@ -295,32 +294,19 @@ class Pipeline:
         cache_root = (config.cache_dir or default_cache_dir()) if config.use_cache else None
 
         def work() -> dict:
-            stats: dict = {"retriever": config.retriever, "top_k": top_k}
-            dense = temporary_sibling(out) if hybrid else None
-            try:
-                if dense:
-                    dense_stats = exact_search(
-                        self.run.corpus_embeddings_dir,
-                        self.run.query_embeddings_dir,
-                        dense,
-                        k=top_k,
-                        device=config.compute.device,
-                    )
-                    stats["dense"] = dense_stats.to_dict()
-                found = bm25_retrieval(
-                    prepared.corpus_path,
-                    prepared.queries_path,
-                    out,
-                    top_k,
-                    config.bm25,
-                    dense,
-                    cache_root=cache_root,
-                    corpus_hash=prepared.corpus_hash,
-                )
-            finally:
-                if dense:
-                    discard(dense)
-            return {**stats, **found}
+            embeddings = (self.run.corpus_embeddings_dir, self.run.query_embeddings_dir)
+            found = bm25_retrieval(
+                prepared.corpus_path,
+                prepared.queries_path,
+                out,
+                top_k,
+                config.bm25,
+                dense_from=embeddings if hybrid else None,
+                device=config.compute.device,
+                cache_root=cache_root,
+                corpus_hash=prepared.corpus_hash,
+            )
+            return {"retriever": config.retriever, "top_k": top_k, **found}
 
         if not hybrid:
             self._drop_embeddings()
@@ -356,7 +342,8 @@ class Pipeline:
         a reranker to a run scores only the new one; files of rerankers the run no longer has
         are removed.
         """
-        from rerank_ray.rerank import candidate_count, rerank_candidates, scored_with, system_stem
+        from rerank_ray.rerank import candidate_count, rerank_candidates
+        from rerank_ray.systems import files_of_other_systems, reuse_or_score
 
         self._discard_single_reranker_files()
         if not self.config.reranks:
@@ -368,55 +355,42 @@ class Pipeline:
         self.run.require(self.run.retrieval_path, "retrieve")
         prepared = self._prepared()
         systems = self.config.rerank.systems
-        self.manifest["models"]["rerankers"] = {
-            system: {
-                **self.inputs.reranker(system).to_dict(),
-                "options": self.config.rerank.to_dict(),
-            }
-            for system in systems
-        }
-        kept = {system_stem(system) for system in systems}
+        self.manifest["models"]["rerankers"] = self.inputs.reranker_records()
         pairs = candidate_count(self.run.retrieval_path, self.config.rerank.top_k)
 
+        pool: list = []  # planned once, when a reranker is scored
+
+        def score(system: str, model: str, path: str, key: str) -> dict:
+            for export in exported_paths(self.run.root, "rerank", system):
+                discard(export)
+            if not pool:
+                connect_ray(self.config.compute.address)
+                pool.append(self._plan_pool())
+            log.info("rerank %s: scoring %d pairs with %s", system, pairs, model)
+            return rerank_candidates(
+                self.run.retrieval_path,
+                prepared.corpus_path,
+                prepared.queries_path,
+                path,
+                self.config.rerank.only(model),
+                resources=pool[0],
+                rows_per_call=self.config.compute.rows_per_call,
+                key=key,
+            ).to_dict()
+
         def work() -> dict:
-            for path in list_files(self.run.rerank_dir):
-                if split(path)[1].rsplit(".", 1)[0] not in kept:
-                    discard(path)  # the scores (or an export) of a reranker no longer run
-            stats: dict = {"systems": {}, "rows": 0}
-            resources = None
-            for system, model in systems.items():
-                path, key = self.run.rerank_path(system), self.system_key(system)
-                recorded = scored_with(path)
-                if recorded and recorded["key"] == key and recorded["rows"] == pairs:
-                    log.info("rerank %s: scored with the same inputs before, kept", system)
-                    stats["systems"][system] = {**recorded["stats"], "reused": True}
-                    continue
-                for export in exported_paths(self.run.root, "rerank", system):
-                    discard(export)
-                if resources is None:
-                    connect_ray(self.config.compute.address)
-                    resources = self._plan_pool()
-                log.info("rerank %s: scoring %d pairs with %s", system, pairs, model)
-                scored = rerank_candidates(
-                    self.run.retrieval_path,
-                    prepared.corpus_path,
-                    prepared.queries_path,
-                    path,
-                    self.config.rerank.only(model),
-                    resources=resources,
-                    rows_per_call=self.config.compute.rows_per_call,
-                    key=key,
-                )
-                stats["systems"][system] = scored.to_dict()
-            stats["rows"] = sum(s["rows"] for s in stats["systems"].values())
-            return stats
+            for path in files_of_other_systems(self.run.rerank_dir, systems):
+                discard(path)
+            paths = {system: self.run.rerank_path(system) for system in systems}
+            keys = {system: self.system_key(system) for system in systems}
+            return reuse_or_score(systems, paths, keys, pairs, score)
 
         self._timed("rerank", work)
 
     def _discard_single_reranker_files(self) -> None:
-        """Remove ``rerank.parquet`` and ``rerank.trec``, the one-reranker layout earlier
-        versions wrote (its scores are keyed by nothing this version can check)."""
-        for name in ("rerank.parquet", "rerank.trec"):
+        """Remove the one-reranker layout earlier versions wrote (its scores are keyed by
+        nothing this version can check)."""
+        for name in SINGLE_RERANKER_FILES:
             discard(join(self.run.root, name))
 
     def evaluate(self) -> dict:
@@ -429,7 +403,6 @@ class Pipeline:
         self.run.require(self.run.retrieval_path, "retrieve")
         prepared = self._prepared()
         systems = self.config.rerank.systems
-        self.require_upstream("evaluate")  # every reranker's file, with the current key
         result: dict = {}
         significance: dict = {}
 
@@ -465,15 +438,10 @@ class Pipeline:
         self.inputs.check()
         compute = self.config.compute
         if compute.device == "cuda" or compute.num_gpus_per_actor:
-            from rerank_ray.pool import cluster_gpus, decide_device
+            from rerank_ray.pool import refuse_missing_gpus
 
             connect_ray(compute.address)
-            asked = (
-                ("device", "cuda")
-                if compute.device == "cuda"
-                else ("num_gpus_per_actor", f"{compute.num_gpus_per_actor:g}")
-            )
-            decide_device("cuda", cluster_gpus(), asked)  # refused here, before any work
+            refuse_missing_gpus(compute.device, compute.num_gpus_per_actor)
         for stage in STAGES[:-1]:
             if resume and self.is_complete(stage):
                 log.info("stage %s: up to date, skipped", stage)

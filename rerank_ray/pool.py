@@ -112,6 +112,15 @@ def decide_device(
 _LAUNCHABLE: dict[str, tuple[int | None, str]] = {}
 
 
+def refuse_missing_gpus(device: str, num_gpus_per_actor: float | None) -> None:
+    """Refuse, before any work, GPUs asked for (``device`` ``cuda`` or GPUs per actor) that
+    the connected cluster neither has nor can launch (:func:`decide_device`)."""
+    if device == "cuda":
+        decide_device("cuda", cluster_gpus(), ("device", "cuda"))
+    elif num_gpus_per_actor:
+        decide_device("cuda", cluster_gpus(), ("num_gpus_per_actor", f"{num_gpus_per_actor:g}"))
+
+
 def cluster_gpus() -> ClusterGpus:
     """GPUs of the connected Ray cluster: alive now, and launchable by its autoscaler."""
     import ray

@@ -17,7 +17,6 @@ Example::
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import asdict, dataclass, replace
 
@@ -27,7 +26,7 @@ import pyarrow.compute as pc
 
 from rerank_ray.bi_encoder import BiEncoderScorer, is_bi_encoder
 from rerank_ray.cross_encoder import CrossEncoder, sigmoid
-from rerank_ray.errors import ConfigError, DataError
+from rerank_ray.errors import ConfigError
 from rerank_ray.io import atomic_path, discard, temporary_sibling
 from rerank_ray.options import option
 from rerank_ray.parquet import read_dataset, read_table, write_dataset, write_table
@@ -40,6 +39,7 @@ from rerank_ray.pool import (
     plan_resources,
     report_counts,
 )
+from rerank_ray.systems import KEY_METADATA, system_name, system_stem
 
 RERANK_SCHEMA = pa.schema(
     [
@@ -65,29 +65,6 @@ def parse_depths(text: str) -> tuple[int, ...]:
         return tuple(int(part) for part in text.split(","))
     except ValueError:
         raise ValueError(f"not a comma-separated list of depths: {text!r}") from None
-
-
-def system_name(model: str) -> str:
-    """The name a reranker's results go by (metrics.json, reports, its file): the model's
-    folder or Hub repository name, ``bi:`` kept.
-
-    Example:
-        >>> [system_name(m) for m in ["BAAI/bge-reranker-large", "bi:minilm", "/models/ce/", "minilm-smoke"]]
-        ['bge-reranker-large', 'bi:minilm', 'ce', 'minilm-smoke']
-    """
-    prefix = "bi:" if model.startswith("bi:") else ""
-    return prefix + model[len(prefix) :].rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
-
-
-def system_stem(system: str) -> str:
-    """A system's file name without suffix: its name with characters other than letters,
-    digits, ``.``, ``_`` and ``-`` replaced by ``_``.
-
-    Example:
-        >>> system_stem("bi:minilm")
-        'bi_minilm'
-    """
-    return re.sub(r"[^A-Za-z0-9._-]", "_", system)
 
 
 @dataclass(frozen=True)
@@ -312,10 +289,6 @@ def rank_scored_pairs(scored: pa.Table) -> pa.Table:
     )
 
 
-#: The Parquet metadata entry of a rerank file that says what it was computed from.
-KEY_METADATA = b"rerank_ray.scored"
-
-
 def rerank_candidates(
     retrieval_path: str,
     corpus_path: str,
@@ -387,22 +360,6 @@ def rerank_candidates(
     with atomic_path(output_path) as tmp:
         write_table(ranked.replace_schema_metadata({KEY_METADATA: record.encode()}), tmp)
     return stats
-
-
-def scored_with(path: str) -> dict | None:
-    """What the rerank file at ``path`` records it was computed from (``key``, ``model``,
-    ``stats``) and its ``rows``; ``None`` when it is missing, unreadable or records nothing."""
-    from rerank_ray.io import exists
-    from rerank_ray.parquet import parquet_rows, parquet_schema
-
-    try:
-        if not exists(path):
-            return None
-        metadata = parquet_schema(path).metadata or {}
-        record = json.loads(metadata[KEY_METADATA])
-        return {**record, "rows": parquet_rows(path)}
-    except (OSError, KeyError, ValueError, pa.ArrowInvalid, DataError):
-        return None
 
 
 def reranked_rankings(rerank_path: str, retrieved: dict[str, list[str]]) -> dict[str, list[str]]:

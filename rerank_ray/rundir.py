@@ -63,6 +63,7 @@ from rerank_ray.io import (
     resolve,
     write_json,
 )
+from rerank_ray.systems import system_stem
 
 log = logging.getLogger("rerank_ray")
 
@@ -104,9 +105,7 @@ class RunDirectory:
 
     def rerank_path(self, system: str) -> str:
         """``rerank/<system>.parquet``: one reranker's scores and ranks
-        (:func:`rerank_ray.rerank.system_stem` names the file)."""
-        from rerank_ray.rerank import system_stem
-
+        (:func:`rerank_ray.systems.system_stem` names the file)."""
         return join(self.rerank_dir, system_stem(system) + ".parquet")
 
     def read_manifest(self) -> dict:

@@ -25,7 +25,8 @@ from rerank_ray.embedder import EmbedderOptions
 from rerank_ray.io import file_info, join, list_files, open_input, split
 from rerank_ray.parquet import parquet_files
 from rerank_ray.pipeline import run_pipeline
-from rerank_ray.rerank import RerankOptions, system_stem
+from rerank_ray.rerank import RerankOptions
+from rerank_ray.systems import system_stem
 
 METRICS = ("recall@1", "recall@10", "recall@100", "mrr@1", "mrr@10", "ndcg@10", "map@100")
 #: The seed run's rerankers: the smoke-test cross-encoder and the embedder's inner products.

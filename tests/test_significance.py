@@ -31,6 +31,18 @@ def _enumerated_p(differences: np.ndarray) -> float:
     return min(1.0, 2 * min(greater, less))
 
 
+def _scipys_permutation_p(differences: np.ndarray) -> float:
+    """scipy's paired permutation test of the mean difference (its own random swaps)."""
+    return stats.permutation_test(
+        (differences, np.zeros(len(differences))),
+        lambda x, y, axis: np.mean(x - y, axis=axis),
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=RESAMPLES,
+        rng=np.random.default_rng(0),
+    ).pvalue
+
+
 def _t_test_p(differences: np.ndarray) -> float:
     n = len(differences)
     t = differences.mean() / (differences.std(ddof=1) / math.sqrt(n))
@@ -139,14 +151,7 @@ def test_the_resampled_randomization_test_agrees_with_scipys(lift):
 
     rng = np.random.default_rng(11)
     differences = rng.normal(loc=lift, scale=0.3, size=120)
-    scipys = stats.permutation_test(
-        (differences, np.zeros(120)),
-        lambda x, y, axis: np.mean(x - y, axis=axis),
-        permutation_type="samples",
-        vectorized=True,
-        n_resamples=RESAMPLES,
-        rng=np.random.default_rng(0),
-    ).pvalue
+    scipys = _scipys_permutation_p(differences)
     assert randomization_p(differences, np.random.default_rng(SEED)) == pytest.approx(
         scipys, abs=0.015
     )
@@ -240,14 +245,7 @@ def test_resampled_p_values_computed_together_agree_with_scipys_permutation_test
         differences = np.array(
             [per_query[c.system][q][c.metric] - per_query["retrieval"][q][c.metric] for q in qids]
         )
-        scipys = stats.permutation_test(
-            (differences, np.zeros(n)),
-            lambda x, y, axis: np.mean(x - y, axis=axis),
-            permutation_type="samples",
-            vectorized=True,
-            n_resamples=RESAMPLES,
-            rng=np.random.default_rng(0),
-        ).pvalue
+        scipys = _scipys_permutation_p(differences)
         assert c.randomization_p == pytest.approx(scipys, abs=0.02), (c, scipys)
 
 
