@@ -32,6 +32,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from rerank_ray.errors import ConfigError
+
 log = logging.getLogger("rerank_ray")
 
 #: Ray 2.60's switch that lets a loopback node IP stand (see the module docstring).
@@ -61,13 +63,44 @@ def connect_ray(address: str | None) -> None:
 
     if ray.is_initialized():
         return
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING)
-    elif os.environ.get("RAY_ADDRESS"):
-        ray.init(logging_level=logging.WARNING)  # inside `ray job submit`: the job's cluster
-    else:
+    if not address and not os.environ.get("RAY_ADDRESS"):
         # A private Ray of this process on loopback, never a cluster recorded under /tmp/ray.
         start_local_ray(logging_level=logging.WARNING)
+        return
+    # With no address: inside `ray job submit`, the job's cluster (RAY_ADDRESS).
+    shown = address or os.environ["RAY_ADDRESS"]
+    if address:
+        _require_listening(address)
+    try:
+        ray.init(address=address or None, logging_level=logging.WARNING)
+    except ConnectionError as error:
+        raise ConfigError(
+            f"cannot connect to the Ray cluster at {shown}"
+            f" ({str(error).strip().splitlines()[0]}); does RAY_AUTH_MODE match its token"
+            " authentication (a `ray start` cluster uses RAY_AUTH_MODE=token)?"
+        ) from None
+
+
+#: Seconds to wait for a cluster's GCS port to accept a connection before refusing the run
+#: (Ray itself retries a dead address for many minutes).
+CONNECT_TIMEOUT_S = 5.0
+
+
+def _require_listening(address: str) -> None:
+    """Refuse (one line) a ``host:port`` address where nothing accepts connections; other
+    forms (``auto``, ``ray://...``) are left to Ray."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or "/" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), CONNECT_TIMEOUT_S).close()
+    except OSError as error:
+        raise ConfigError(
+            f"cannot connect to the Ray cluster at {address}: {error.strerror or error};"
+            " is it running (`ray start --head` prints its address)?"
+        ) from None
 
 
 def start_local_ray(**init_options: Any) -> None:

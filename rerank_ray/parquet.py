@@ -124,23 +124,47 @@ def parquet_writer(path: str, schema: pa.Schema) -> pq.ParquetWriter:
 READ_TASK_BYTES = 1 << 20
 _BIN_PACKING_VARIABLE = "RAY_DATA_PARQUET_BIN_PACKING_BYTES"
 
+#: Parquet files whose footers one of Ray Data's footer-reading actors is given. Ray 2.60
+#: starts 32 such actors per read (``RAY_DATA_PARQUET_FOOTER_NUM_ACTORS``), each a new worker
+#: process, which on a small node costs more than the read: a table of a few files gets one.
+FILES_PER_FOOTER_ACTOR = 256
+_FOOTER_ACTORS_VARIABLE = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
+_RAY_FOOTER_ACTORS = 32
+
+
+def footer_actors(num_files: int) -> int:
+    """Footer-reading actors for a table of ``num_files`` files: one per
+    :data:`FILES_PER_FOOTER_ACTOR`, at least one, at most Ray's default.
+
+    Example:
+        >>> footer_actors(2), footer_actors(257), footer_actors(100_000)
+        (1, 2, 32)
+    """
+    return max(1, min(_RAY_FOOTER_ACTORS, -(-num_files // FILES_PER_FOOTER_ACTOR)))
+
 
 def read_dataset(path: str, **kwargs):
     """A Ray Data dataset over a Parquet table, read through the path's filesystem, in read
-    tasks of about :data:`READ_TASK_BYTES` (a value already in the environment wins)."""
+    tasks of about :data:`READ_TASK_BYTES`, with :func:`footer_actors` footer readers (a value
+    of either already in the environment wins)."""
     import ray.data
 
     filesystem, inner = resolve(path)
-    # Ray reads the variable when the read is planned, here in the driver, so setting it for
-    # the call is enough and leaves the process environment as it was (the stages plan
+    # Ray reads both variables when the read is planned, here in the driver, so setting them
+    # for the call is enough and leaves the process environment as it was (the stages plan
     # their reads from one thread).
-    chosen = os.environ.get(_BIN_PACKING_VARIABLE)
-    os.environ[_BIN_PACKING_VARIABLE] = chosen or str(READ_TASK_BYTES)
+    chosen = {
+        _BIN_PACKING_VARIABLE: str(READ_TASK_BYTES),
+        _FOOTER_ACTORS_VARIABLE: str(footer_actors(len(parquet_files(path)))),
+    }
+    added = [name for name in chosen if name not in os.environ]
+    for name in added:
+        os.environ[name] = chosen[name]
     try:
         return ray.data.read_parquet(inner, filesystem=filesystem, **kwargs)
     finally:
-        if chosen is None:
-            del os.environ[_BIN_PACKING_VARIABLE]
+        for name in added:
+            del os.environ[name]
 
 
 def write_dataset(dataset, path: str) -> None:

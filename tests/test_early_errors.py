@@ -127,3 +127,24 @@ def test_supplied_vectors_missing_their_id_column(tsv, no_ray, capsys):
     assert run(tsv, "--embedder", "minilm", "--reranker", "none",
                "--corpus-embeddings", str(supplied)) == 2  # fmt: skip
     assert f"{supplied}: missing column 'pid'" in refused_before_any_stage(tsv, capsys)
+
+
+def test_a_cluster_address_where_nothing_listens_is_refused_in_one_line(tsv, capsys, monkeypatch):
+    """Ray itself retries a dead GCS address for many minutes; the run refuses it at once."""
+    import socket
+    import time
+
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a new CLI process
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.monotonic()
+    code = run(tsv, "--embedder", "minilm", "--reranker", "none", "--address", f"127.0.0.1:{port}")
+    assert code == 2 and time.monotonic() - started < 30
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1
+    assert error.startswith(
+        f"rerank-ray: error: cannot connect to the Ray cluster at 127.0.0.1:{port}"
+    )

@@ -124,3 +124,33 @@ def test_ray_reads_a_table_in_read_tasks_of_the_chosen_size(ray_session, tmp_pat
     assert parquet._BIN_PACKING_VARIABLE not in os.environ  # set for the call only
     monkeypatch.setenv(parquet._BIN_PACKING_VARIABLE, str(1 << 30))  # the user's value wins
     assert parquet.read_dataset(str(tmp_path)).materialize().num_blocks() == 1
+
+
+def test_ray_reads_a_small_table_with_one_footer_reader(ray_session, tmp_path, monkeypatch):
+    """Ray 2.60 would start 32 footer-reading actors (each a worker process) per read."""
+    from ray.data._internal.datasource_v2.formats.parquet import footer_file_indexer
+
+    from rerank_ray import parquet
+
+    seen = []
+    original = footer_file_indexer.FooterFileIndexer.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        seen.append(self._num_actors)
+
+    monkeypatch.setattr(footer_file_indexer.FooterFileIndexer, "__init__", spy)
+    monkeypatch.delenv(parquet._FOOTER_ACTORS_VARIABLE, raising=False)
+    for name in ("a.parquet", "b.parquet"):
+        _part(str(tmp_path), name, list(range(10)))
+    assert parquet.read_dataset(str(tmp_path)).count() == 20
+    assert seen and set(seen) == {1}
+    assert parquet._FOOTER_ACTORS_VARIABLE not in os.environ  # set for the call only
+    monkeypatch.setattr(parquet, "FILES_PER_FOOTER_ACTOR", 1)
+    seen.clear()
+    assert parquet.read_dataset(str(tmp_path)).count() == 20
+    assert set(seen) == {2}
+    monkeypatch.setenv(parquet._FOOTER_ACTORS_VARIABLE, "3")  # the user's value wins
+    seen.clear()
+    assert parquet.read_dataset(str(tmp_path)).count() == 20
+    assert set(seen) == {3}
