@@ -121,6 +121,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if "out" not in overrides:
         raise UserError("--out RUN_DIR is required")
     base = None if args.command == "run" else load_config(overrides["out"])
+    # Where a command runs is its own: a cluster joined before is not joined again unasked.
+    overrides.setdefault("compute.address", None)
     if base is None:
         base = RunConfig(out=overrides["out"])
     return base.updated(overrides)

@@ -31,7 +31,8 @@ class ComputeConfig:
 
     Args:
         address: An existing Ray cluster (``ray://…``, ``HOST:PORT`` or ``auto``); ``None``
-            starts a private local Ray (or joins the one a Ray job runs in).
+            starts a private local Ray (or joins the one a Ray job runs in). Each command
+            gives its own: a stage command on an existing run directory does not reuse it.
         device: ``auto`` (GPUs when the cluster has them or its autoscaler can launch them),
             ``cuda`` (always GPUs) or ``cpu``; see :mod:`rerank_ray.pool`.
         num_actors: A fixed number of model replicas per stage; ``None``: an autoscaling pool.
@@ -42,7 +43,10 @@ class ComputeConfig:
     """
 
     address: str | None = option(
-        None, "--address", "existing Ray cluster; default: a private local Ray"
+        None,
+        "--address",
+        "existing Ray cluster for this command (not remembered by the run directory); default:"
+        " a private local Ray",
     )
     device: str = option(
         "auto",

@@ -162,3 +162,19 @@ def test_sections_are_config_dataclasses_and_every_option_has_help():
         assert spec.help and spec.flag.startswith("--"), path
     sections = [f.name for f in dataclasses.fields(RunConfig) if "option" not in f.metadata]
     assert sections == ["data", "embedding", "rerank", "bm25", "compute"]
+
+
+def test_a_stage_command_keeps_the_runs_options_but_not_its_cluster(tmp_path):
+    """A later command on the run directory joins the cluster it names, or none: a cluster
+    used before may be gone, or be someone else's by now."""
+    import json
+
+    stored = RunConfig(
+        out=str(tmp_path), top_k=7, compute=ComputeConfig(address="10.0.0.1:6379", device="cpu")
+    )
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": stored.to_dict(), "stages": {}}))
+    config = config_from_args(build_parser().parse_args(["retrieve", "--run", str(tmp_path)]))
+    assert config.top_k == 7 and config.compute.device == "cpu"
+    assert config.compute.address is None
+    again = ["retrieve", "--run", str(tmp_path), "--address", "auto"]
+    assert config_from_args(build_parser().parse_args(again)).compute.address == "auto"
