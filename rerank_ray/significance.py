@@ -211,8 +211,6 @@ def bca_interval(
 def paired_tests(differences: Mapping[Key, np.ndarray], seed: int = SEED) -> dict[Key, PairedTests]:
     """Every test of each vector of paired ``differences`` (``{key: d}``); vectors of the same
     length share one computation (their draws are the same)."""
-    from scipy import stats
-
     found: dict[Key, PairedTests] = {}
     by_length: dict[int, list[Key]] = {}
     for key, vector in differences.items():
@@ -231,6 +229,8 @@ def paired_tests(differences: Mapping[Key, np.ndarray], seed: int = SEED) -> dic
         spread = np.array([np.any(row != row[0]) for row in rows])
         t_test, low, high = np.ones(len(keys)), np.zeros(len(keys)), np.zeros(len(keys))
         if spread.any():
+            from scipy import stats  # about a second to import: only when there is a test
+
             t_test[spread] = stats.ttest_1samp(rows[spread], 0.0, axis=1).pvalue
             means = bootstrap_means(rows[spread], np.random.default_rng(seed))
             low[spread], high[spread] = bca_interval(rows[spread], means)
