@@ -1,8 +1,8 @@
 """Rankings: per-query top-k results, how two are merged, and their Parquet files.
 
 ``retrieval.parquet`` holds one row per ``(qid, pid)`` with its 1-based ``rank`` and its
-``score`` (:data:`RETRIEVAL_SCHEMA`); ``rerank.parquet`` has these columns and more, and
-:func:`read_ranking` reads either. In memory, a top-k is a pair of ``(num_queries, <= k)``
+``score`` (:data:`RETRIEVAL_SCHEMA`); a reranker's ``rerank/<system>.parquet`` has these
+columns and more, and :func:`read_ranking` reads either. In memory, a top-k is a pair of ``(num_queries, <= k)``
 arrays (:class:`TopK`), best first, ties broken by id.
 
 Example:
@@ -97,7 +97,7 @@ def rank_by_score(table: pa.Table, k: int | None = None, ties: str = "ascending"
 
 
 def read_ranking(path: str) -> dict[str, list[str]]:
-    """``{qid: [pid, ...]}`` in rank order from a ``retrieval.parquet`` or ``rerank.parquet``."""
+    """``{qid: [pid, ...]}`` in rank order from ``retrieval.parquet`` or a ``rerank/<system>.parquet``."""
     table = read_table(path, columns=["qid", "pid", "rank"]).sort_by(
         [("qid", "ascending"), ("rank", "ascending")]
     )

@@ -5,12 +5,13 @@ their query text) are small and go to every task through the object store, while
 streams past once as Ray Data blocks; each block keeps the passages that are candidates and
 becomes pairs. The pairs flow into a pool of actors that each load the cross-encoder once,
 and Ray Data writes the scores. The driver then ranks the scored candidates per query (a
-table the size of ``retrieval.parquet``) into ``rerank.parquet``.
+table the size of ``retrieval.parquet``) into the system's ``rerank/<system>.parquet``
+(:mod:`rerank_ray.systems`: one file per reranker, each scored once).
 
 Example::
 
     stats = rerank_candidates("RUN/retrieval.parquet", "RUN/data/corpus.parquet",
-                              "RUN/data/queries.parquet", "RUN/rerank.parquet",
+                              "RUN/data/queries.parquet", "RUN/rerank/minilm-smoke.parquet",
                               RerankOptions(models="minilm-smoke"))
 """
 
