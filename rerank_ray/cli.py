@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 from rerank_ray.config import HELP_GROUPS, RunConfig
 from rerank_ray.errors import UserError
+from rerank_ray.io import absolute_if_local
 from rerank_ray.options import add_arguments, walk
 from rerank_ray.stages import COMMANDS
 
@@ -118,6 +119,24 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
     paths = {path for path, _ in walk(RunConfig)}
     overrides = {path: value for path, value in vars(args).items() if path in paths}
+    # Inputs are recorded as absolute paths: a later command on the run directory, from
+    # another working directory, reads the same files (the run directory and the cache stay
+    # as typed: they are found again by what the later command names).
+    # A model given by a bare name stays a name: aliases (minilm) win over folders.
+    inputs = {path for path, spec in walk(RunConfig) if spec.path} - {"out", "cache_dir"}
+    models = {"embedder", "rerank.models"}
+
+    def absolute(path: str, value: str) -> str:
+        if path in models and not value.startswith(".") and os.sep not in value:
+            return value
+        return absolute_if_local(value)
+
+    for path in inputs & set(overrides):
+        value = overrides[path]
+        if isinstance(value, (list, tuple)):
+            overrides[path] = type(value)(absolute(path, v) for v in value)
+        else:
+            overrides[path] = absolute(path, value)
     if "out" not in overrides:
         raise UserError("--out RUN_DIR is required")
     base = None if args.command == "run" else load_config(overrides["out"])

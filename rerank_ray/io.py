@@ -43,6 +43,21 @@ def is_uri(path: str | os.PathLike) -> bool:
     return "://" in os.fspath(path)
 
 
+def absolute_if_local(value: str) -> str:
+    """``value`` made absolute when it names a file or folder that exists here; a URI, or a
+    name that is not a local path (a Hub model or dataset), as given.
+
+    Example:
+        >>> absolute_if_local("s3://bucket/corpus.tsv"), absolute_if_local("BAAI/bge-m3")
+        ('s3://bucket/corpus.tsv', 'BAAI/bge-m3')
+        >>> absolute_if_local(".") == os.getcwd()
+        True
+    """
+    if is_uri(value) or not os.path.exists(value):
+        return value
+    return os.path.abspath(value)
+
+
 def resolve(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem holding ``path``, and the path inside it.
 

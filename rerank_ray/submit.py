@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rerank_ray.errors import ConfigError
+from rerank_ray.io import absolute_if_local, is_uri
 from rerank_ray.stages import COMMANDS
 
 #: What never travels with the job: environments, outputs, caches, version control.
@@ -56,11 +57,9 @@ def _absolute(option: str, value: str) -> str:
     from rerank_ray.options import flags_of
 
     outputs = {*flags_of(RunConfig, "out"), *flags_of(RunConfig, "cache_dir")}
-    if "://" in value:
-        return value
-    if option in outputs or os.path.exists(value):
+    if option in outputs and not is_uri(value):
         return os.path.abspath(value)
-    return value
+    return absolute_if_local(value)
 
 
 def job_arguments(command: Sequence[str]) -> list[str]:

@@ -178,3 +178,34 @@ def test_a_stage_command_keeps_the_runs_options_but_not_its_cluster(tmp_path):
     assert config.compute.address is None
     again = ["retrieve", "--run", str(tmp_path), "--address", "auto"]
     assert config_from_args(build_parser().parse_args(again)).compute.address == "auto"
+
+
+def test_inputs_are_recorded_absolute_so_another_working_directory_reads_the_same_files(
+    tmp_path, monkeypatch
+):
+    """A relative input resolved against a later command's working directory would silently
+    prepare the run from other files."""
+    here = tmp_path / "here"
+    (here / "models" / "enc").mkdir(parents=True)
+    for name in ("corpus.tsv", "queries.tsv", "qrels.tsv", "cand.trec"):
+        (here / name).write_text("x\n")
+    (here / "minilm").mkdir()  # a folder named like an alias: the alias still wins
+    monkeypatch.chdir(here)
+    args = build_parser().parse_args(
+        ["run", "--out", "runs/a", "--corpus", "corpus.tsv", "--queries", "./queries.tsv",
+         "--qrels", "qrels.tsv", "--embedder", "minilm",
+         "--reranker", "./models/enc", "--reranker", "minilm-smoke",
+         "--query-embeddings", "s3://bucket/q", "--corpus-embeddings", "missing.parquet"]
+    )  # fmt: skip
+    config = config_from_args(args)
+    assert config.data.corpus == str(here / "corpus.tsv")
+    assert config.data.queries == str(here / "queries.tsv")
+    assert config.data.qrels == str(here / "qrels.tsv")
+    assert config.rerank.models == (str(here / "models" / "enc"), "minilm-smoke")
+    assert config.embedder == "minilm"
+    assert config.query_embeddings == "s3://bucket/q"  # a URI as given
+    assert config.corpus_embeddings == "missing.parquet"  # not here: refused later, as given
+    assert config.out == "runs/a"  # found again by what the later command names
+    with_candidates = ["run", "--out", "runs/b", "--candidates", "cand.trec"]
+    config = config_from_args(build_parser().parse_args(with_candidates))
+    assert config.candidates == str(here / "cand.trec")
