@@ -44,18 +44,25 @@ def _embedding_files(path: str) -> list[str]:
     return [path]
 
 
-def _vectors(column: pa.Array, where: str) -> np.ndarray:
-    """A list or fixed-size-list column of numbers as a 2-D float32 array."""
+def _vectors(column: pa.Array, where: str, first_row: int = 0) -> np.ndarray:
+    """A list or fixed-size-list column of numbers as a 2-D float32 array (``first_row``:
+    the file's row number of its first value, 0-based, for messages)."""
     kind = column.type
+    if column.null_count and (
+        pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
+    ):
+        row = first_row + int(np.argmax(column.is_null().to_numpy(zero_copy_only=False))) + 1
+        raise DataError(f"{where}, row {row}: embedding is empty (null)")
     if pa.types.is_fixed_size_list(kind):
         width = kind.list_size
         values = column.flatten()
     elif pa.types.is_list(kind) or pa.types.is_large_list(kind):
         lengths = pc_list_lengths(column)
         if len(lengths) and (lengths.min() != lengths.max()):
-            row = int(np.argmax(lengths != lengths[0])) + 1
+            bad = int(np.argmax(lengths != lengths[0]))
             raise DataError(
-                f"{where}, row {row}: embedding has {lengths[row - 1]} values, expected {lengths[0]}"
+                f"{where}, row {first_row + bad + 1}: embedding has {lengths[bad]} values,"
+                f" expected {lengths[0]}"
             )
         width = int(lengths[0]) if len(lengths) else 0
         values = column.flatten()
@@ -186,7 +193,7 @@ def _import_file(
     writer = None
     for batch in iter_parquet_batches(path, columns=[id_column, "embedding"]):
         ids = [str(i) for i in batch.column(id_column).to_pylist()]
-        vectors = _vectors(batch.column("embedding"), path)
+        vectors = _vectors(batch.column("embedding"), path, row)
         if dimension is None:
             dimension = vectors.shape[1]
         if vectors.shape[1] != dimension:
@@ -199,12 +206,16 @@ def _import_file(
             raise DataError(
                 f"{path}, row {row + bad + 1}: embedding of {ids[bad]} has NaN or infinite values"
             )
-        table = pa.table(
-            {
-                id_column: pa.array(ids, pa.string()),
-                "embedding": to_fixed_size_list(vectors, storage),
-            }
-        )
+        stored = to_fixed_size_list(vectors, storage)
+        # A finite float32 value can overflow the storage type (float16 ends at 65,504).
+        kept = np.isfinite(stored.flatten().to_numpy().reshape(vectors.shape)).all(axis=1)
+        if not kept.all():
+            bad = int(np.argmin(kept))
+            raise DataError(
+                f"{path}, row {row + bad + 1}: embedding of {ids[bad]} has values beyond"
+                f" {storage}'s range (largest {np.finfo(storage).max:g}); store float32"
+            )
+        table = pa.table({id_column: pa.array(ids, pa.string()), "embedding": stored})
         if writer is None:
             writer = parquet_writer(out, table.schema)
         writer.write_table(table)

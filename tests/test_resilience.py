@@ -140,6 +140,8 @@ def test_supplied_embeddings_give_the_same_run(first_run, msmarco, tmp_path):
     "damage,message",
     [
         ("nan", "row 3: embedding of .* has NaN or infinite values"),
+        ("float16", "row 3: embedding of p2 has values beyond float16's range"),
+        ("null", "row 3: embedding is empty"),
         ("dims", "embeddings have 5 dimensions, earlier ones 384"),
         ("unknown", "pid nope is not in"),
         ("duplicate", "appears twice"),
@@ -155,9 +157,19 @@ def test_bad_supplied_embeddings_are_rejected(ray_session, tmp_path, damage, mes
     pq.write_table(pa.table({"pid": pids, "text": ["t"] * len(pids)}), table)
     corpus = np.random.default_rng(0).standard_normal((len(pids), 384)).astype(np.float32)
     path = tmp_path / "supplied.parquet"
+    storage = "float32"
     if damage == "nan":
         corpus[2, 7] = np.nan
         _write_vectors(path, "pid", pids, corpus)
+    elif damage == "float16":  # finite in float32, infinite once stored as float16
+        corpus[2, 7], storage = 1e6, "float16"
+        _write_vectors(path, "pid", pids, corpus)
+    elif damage == "null":
+        rows = [list(map(float, row)) for row in corpus]
+        rows[2] = None
+        pq.write_table(
+            pa.table({"pid": pids, "embedding": pa.array(rows, pa.list_(pa.float32()))}), path
+        )
     elif damage == "dims":
         path = tmp_path / "supplied"
         path.mkdir()
@@ -174,7 +186,7 @@ def test_bad_supplied_embeddings_are_rejected(ray_session, tmp_path, damage, mes
     target = tmp_path / "run" / "embeddings" / "corpus"
     target.parent.mkdir(parents=True)
     with pytest.raises(DataError, match=message):
-        import_embeddings(str(path), str(table), "pid", str(target))
+        import_embeddings(str(path), str(table), "pid", str(target), storage)
     assert not target.exists() and os.listdir(target.parent) == []
 
 
