@@ -57,8 +57,12 @@ def load_systems(run_dirs: list[str]) -> tuple[dict, dict]:
     first, first_qrels, taken = None, None, set()
     for run_dir in run_dirs:
         run = RunDirectory(run_dir)
-        if not exists(run.per_query_path):
-            raise ConfigError(f"{run.root}: no per_query.parquet; run its 'evaluate' stage first")
+        recorded = exists(run.manifest_path) and "evaluate" in run.read_manifest()["stages"]
+        if not recorded or not exists(run.per_query_path):
+            raise ConfigError(
+                f"{run.root}: not evaluated (or its evaluate stage was cut short); run"
+                " `rerank-ray evaluate` on it first"
+            )
         qrels = _qrels(run)
         if first is None:
             first, first_qrels = run, qrels

@@ -144,21 +144,40 @@ class Pipeline:
                     " (`rerank-ray run` redoes what changed)"
                 )
 
-    def _timed(self, stage: str, work: Callable[[], dict]) -> None:
+    def _timed(
+        self,
+        stage: str,
+        work: Callable[[], dict],
+        publish: Callable[[dict], None] | None = None,
+    ) -> None:
+        """Run ``work`` as ``stage``: check upstream, remove what it replaces, record its
+        statistics (the commit point); ``publish(stats)`` writes what is derived from them
+        before the record, so a stage cut short never leaves a record without them."""
         self.require_upstream(stage)
         log.info("stage %s: started", stage)
         self._invalidate_after(stage)
         for path in exported_paths(self.run.root, stage):
             discard(path)  # exported from the output this stage replaces
+        if stage == "evaluate":  # rewritten whole: none of the last results may survive a cut
+            for path in self._outputs(stage):
+                discard(path)
         # The manifest is the commit point: until this stage records itself again, it and
         # those after it are not done (an object store publishes a directory in several steps).
         self.manifest["stages"].pop(stage, None)
         self.run.write_manifest(self.manifest)
         key = self.stage_key(stage)  # of the inputs as they are when the stage starts
         started = time.perf_counter()
-        stats = work()
-        stats.setdefault("wall_seconds", round(time.perf_counter() - started, 3))
-        stats["key"] = key
+        try:
+            stats = work()
+            stats.setdefault("wall_seconds", round(time.perf_counter() - started, 3))
+            stats["key"] = key
+            if publish is not None:
+                publish(stats)
+        except BaseException:
+            if stage == "evaluate":  # its results stand together or not at all
+                for path in self._outputs(stage):
+                    discard(path)
+            raise
         self._record(stage, stats)
         log.info("stage %s: done in %.1f s", stage, stats["wall_seconds"])
 
@@ -424,8 +443,11 @@ class Pipeline:
             significance.update(stats.pop("significance"))
             return {**stats, "depth": self.retrieval_depth()}
 
-        self._timed("evaluate", work)
-        write_report(self.run.report_path, result, self.manifest, significance)
+        def publish(stats: dict) -> None:
+            recorded = {**self.manifest, "stages": {**self.manifest["stages"], "evaluate": stats}}
+            write_report(self.run.report_path, result, recorded, significance)
+
+        self._timed("evaluate", work, publish)
         return result
 
     def run_all(self, resume: bool = True) -> dict:

@@ -76,3 +76,32 @@ def test_two_runs_compared_on_their_shared_metrics(ray_session, msmarco, tmp_pat
     code = main(["compare", str(tmp_path / "bm25"), "--out", str(tmp_path / "cmp3"),
                  "--baseline", "nope"])  # fmt: skip
     assert code == 2 and "baseline 'nope' is none of the systems" in capsys.readouterr().err
+
+
+def test_an_evaluate_cut_short_leaves_no_results_and_compare_refuses_the_run(
+    ray_session, msmarco, tmp_path, capsys, monkeypatch
+):
+    """The last results are removed when evaluate starts and the report is written before the
+    stage is recorded: a cut leaves neither old nor half-new results that look finished."""
+    from rerank_ray import report
+
+    run = tmp_path / "bm25"
+    _run(msmarco, run, "--retriever", "bm25")
+    outputs = ["metrics.json", "per_query.parquet", "significance.json", "report.md", "report.png"]
+    assert all((run / name).exists() for name in outputs)
+
+    def cut(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "write_report", cut)
+    assert main(["evaluate", "--run", str(run), "--metrics", "P@5 nDCG@3", "-q"]) == 130
+    assert not any((run / name).exists() for name in ("metrics.json", "report.md"))
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert "evaluate" not in manifest["stages"]
+    capsys.readouterr()
+    code = main(["compare", str(run), "--out", str(tmp_path / "cmp")])
+    error = capsys.readouterr().err
+    assert code == 2 and error.count("\n") == 1 and "not evaluated" in error
+    monkeypatch.undo()
+    assert main(["evaluate", "--run", str(run), "-q"]) == 0
+    assert all((run / name).exists() for name in outputs)
