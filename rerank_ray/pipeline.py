@@ -400,6 +400,7 @@ class Pipeline:
         def work() -> dict:
             for path in files_of_other_systems(self.run.rerank_dir, systems):
                 discard(path)
+                log.warning("removed %s: its reranker is not among --reranker now", path)
             paths = {system: self.run.rerank_path(system) for system in systems}
             keys = {system: self.system_key(system) for system in systems}
             return reuse_or_score(systems, paths, keys, pairs, score)

@@ -210,7 +210,10 @@ def test_adding_a_reranker_scores_only_it_and_a_damaged_or_dropped_one_is_not_ke
     assert np.allclose(again["score"].to_numpy(), before["score"].to_numpy(), atol=1e-5)
     assert json.loads((out / "metrics.json").read_text()) == metrics
 
+    capsys.readouterr()
     assert main([*base, "--reranker", "bi:minilm"]) == 0
     assert scored == ["minilm-smoke", "bi:minilm", "minilm-smoke"]  # kept, nothing scored
     assert sorted(p.name for p in (out / "rerank").iterdir()) == ["bi_minilm.parquet"]
+    said = capsys.readouterr().err
+    assert f"removed {smoke}: its reranker is not among --reranker now" in said  # even with -q
     assert list(json.loads((out / "metrics.json").read_text())) == ["retrieval", "bi:minilm"]
