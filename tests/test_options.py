@@ -91,6 +91,10 @@ def test_every_flag_sets_its_config_path_and_nothing_else(tmp_path):
 
 
 def test_run_is_an_alias_of_out_and_help_shows_defaults(tmp_path, capsys):
+    import json
+
+    manifest = {"config": RunConfig(out=str(tmp_path)).to_dict(), "stages": {}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     args = build_parser().parse_args(["evaluate", "--run", str(tmp_path)])
     assert config_from_args(args).out == str(tmp_path)
     with pytest.raises(SystemExit):
@@ -178,3 +182,18 @@ def test_a_stage_command_keeps_the_runs_options_but_not_its_cluster(tmp_path):
     assert config.compute.address is None
     again = ["retrieve", "--run", str(tmp_path), "--address", "auto"]
     assert config_from_args(build_parser().parse_args(again)).compute.address == "auto"
+
+
+@pytest.mark.parametrize(
+    "flag, typed, reason",
+    [
+        ("--metrics", "ndcg", "unknown metric 'ndcg' (use recall@k, mrr@k, ndcg@k, p@k, map@k,"),
+        ("--rerank-depths", "abc", "'abc' is not a comma-separated list of depths (whole numbers,"),
+    ],
+)
+def test_a_value_an_option_cannot_take_is_refused_with_what_it_accepts(flag, typed, reason, capsys):
+    with pytest.raises(SystemExit) as done:
+        build_parser().parse_args(["evaluate", "--run", "r", flag, typed])
+    assert done.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"rerank-ray evaluate: error: argument {flag}: {reason}")
