@@ -12,7 +12,9 @@ Subcommands:
     cleanup   stop the Ray processes that killed local runs left running
 
 A stage run on an existing run directory takes the config recorded in its manifest;
-options given on the command line override it.
+options given on the command line override it. A stage command on a folder without a manifest
+is refused before anything is written, unless it prepares the data (``embed``) and is given a
+data source (``--dataset``, ``--corpus``, ``--queries``, ``--qrels`` or ``--beir``).
 
 Example:
     $ rerank-ray run --dataset ../shared/data/msmarco-dev/dev.jsonl --corpus-rows 5000 \\
