@@ -12,7 +12,9 @@ Subcommands:
     cleanup   stop the Ray processes that killed local runs left running
 
 A stage run on an existing run directory takes the config recorded in its manifest;
-options given on the command line override it.
+options given on the command line override it. A stage command on a folder without a manifest
+is refused before anything is written, unless it prepares the data (``embed``) and is given a
+data source (``--dataset``, ``--corpus``, ``--queries``, ``--qrels`` or ``--beir``).
 
 Example:
     $ rerank-ray run --dataset ../shared/data/msmarco-dev/dev.jsonl --corpus-rows 5000 \\
@@ -27,7 +29,7 @@ import sys
 from collections.abc import Sequence
 
 from rerank_ray.config import HELP_GROUPS, RunConfig
-from rerank_ray.errors import UserError
+from rerank_ray.errors import ConfigError, UserError
 from rerank_ray.io import absolute_if_local
 from rerank_ray.options import add_arguments, walk
 from rerank_ray.stages import COMMANDS
@@ -113,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _starts_a_run(command: str, overrides: dict) -> bool:
+    """Whether a stage command may start a new run directory: it prepares the data, and a
+    data source is given (the data section's path options are its sources)."""
+    sources = {path for path, spec in walk(RunConfig) if path.startswith("data.") and spec.path}
+    return "prepare" in COMMANDS[command].stages and not sources.isdisjoint(overrides)
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Turn parsed options into a :class:`RunConfig`, on top of the run's manifest if any."""
     from rerank_ray.pipeline import load_config
@@ -140,6 +149,12 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if "out" not in overrides:
         raise UserError("--out RUN_DIR is required")
     base = None if args.command == "run" else load_config(overrides["out"])
+    if base is None and args.command != "run" and not _starts_a_run(args.command, overrides):
+        out = overrides["out"]
+        raise ConfigError(
+            f"{out}: not a run directory (no manifest.json); `rerank-ray run --out {out} ...`"
+            " creates one"
+        )
     # Where a command runs is its own: a cluster joined before is not joined again unasked.
     overrides.setdefault("compute.address", None)
     if base is None:
@@ -209,23 +224,32 @@ def _cleanup() -> int:
     return 0
 
 
+def _check_out_folder(out: str | None) -> None:
+    """Refuse an ``--out`` that cannot be a folder before anything is read or computed."""
+    from rerank_ray.io import not_a_folder
+
+    problem = not_a_folder(out) if out is not None else None
+    if problem:
+        raise UserError(f"--out {out}: {problem}")
+
+
 def _export(args: argparse.Namespace) -> int:
     from rerank_ray.export import export_run
 
+    _check_out_folder(args.out)
     for system, path in export_run(args.run, args.out, args.format).items():
         print(f"{system}: {path}")
     return 0
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from rerank_ray.compare import compare_runs, comparison_table
+    from rerank_ray.compare import compare_runs, comparison_note, comparison_table
 
+    _check_out_folder(args.out)
     result = compare_runs(args.runs, args.out, args.baseline)
     print(comparison_table(result))
-    print(
-        f"* significant at α = {result['alpha']} against {result['baseline']} (paired"
-        f" randomization test, Holm across systems); {args.out}/compare.md"
-    )
+    note = comparison_note(result)
+    print(f"{note}; {args.out}/compare.md" if note else f"{args.out}/compare.md")
     return 0
 
 

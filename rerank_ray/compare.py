@@ -138,10 +138,28 @@ def comparison_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def comparison_note(result: dict) -> str:
+    """The line that says what ``*`` means; '' when no difference is significant, so the
+    table marks none.
+
+    Example:
+        >>> comparison_note({"alpha": 0.05, "baseline": "a:retrieval", "comparisons": [
+        ...     {"system": "b:ce", "metric": "mrr@10", "significant": False}]})
+        ''
+    """
+    if not any(c["significant"] for c in result["comparisons"]):
+        return ""
+    return (
+        f"* significant at α = {result['alpha']} against {result['baseline']} (paired"
+        " randomization test, Holm across systems)"
+    )
+
+
 def render_comparison(result: dict) -> str:
     """``compare.md``."""
     from rerank_ray.report import significance_table
 
+    note = comparison_note(result)
     return "\n".join(
         [
             "# rerank-ray comparison",
@@ -150,9 +168,7 @@ def render_comparison(result: dict) -> str:
             "",
             comparison_table(result),
             "",
-            f"\\* significant at α = {result['alpha']} against {result['baseline']} (paired"
-            " randomization test, Holm across systems).",
-            "",
+            *(["\\" + note + ".", ""] if note else []),
             significance_table(result),
             "",
         ]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from rerank_ray.errors import ConfigError
 from rerank_ray.io import exists, join, makedirs, split
+from rerank_ray.parquet import parquet_schema
 from rerank_ray.ranking import read_ranking
 from rerank_ray.rerank import reranked_rankings
 from rerank_ray.rundir import RunDirectory
@@ -75,8 +76,9 @@ def export_run(run_dir: str, out_dir: str | None = None, format: str = "trec") -
         ``{system: path written}``.
 
     Raises:
-        ConfigError: ``run_dir`` is no run directory, has no retrieval, or another command
-            holds it; ``format`` is unknown.
+        ConfigError: ``run_dir`` is no run directory, has no retrieval or lacks a reranker's
+            file, or another command holds it; ``format`` is unknown.
+        DataError: a ranking is not a readable Parquet file (nothing is written).
     """
     if format not in FORMATS:
         raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
@@ -89,10 +91,18 @@ def export_run(run_dir: str, out_dir: str | None = None, format: str = "trec") -
         stages = manifest.get("stages", {})
         if "retrieve" not in stages or not exists(run.retrieval_path):
             raise ConfigError(f"{run.root}: no retrieval to export; run the 'retrieve' stage first")
+        systems = ["retrieval", *((stages.get("rerank") or {}).get("systems") or {})]
+        # Every system's ranking is checked readable before any file is written.
+        for system in systems[1:]:
+            if not exists(run.rerank_path(system)):
+                raise ConfigError(
+                    f"{run.rerank_path(system)}: missing; run the 'rerank' stage first"
+                )
+        for path in (run.retrieval_path, *map(run.rerank_path, systems[1:])):
+            parquet_schema(path)
         retrieval = read_ranking(run.retrieval_path)
         tags = system_tags(manifest)
         written = {}
-        systems = ["retrieval", *((stages.get("rerank") or {}).get("systems") or {})]
         for system in systems:
             if system == "retrieval":
                 ranking, folder = retrieval, out_dir or run.root

@@ -125,6 +125,35 @@ def makedirs(path: str | os.PathLike) -> None:
     filesystem.create_dir(inner, recursive=True)
 
 
+def not_a_folder(path: str | os.PathLike) -> str | None:
+    """Why :func:`makedirs` cannot make ``path`` a folder: it, or a local folder above it,
+    is a file; ``None`` when it is a folder or can become one.
+
+    Example:
+        >>> import os, tempfile
+        >>> file = os.path.join(tempfile.mkdtemp(), "notes.txt")
+        >>> open(file, "w").close()
+        >>> not_a_folder(file), not_a_folder(os.path.dirname(file))
+        ('exists and is not a directory', None)
+        >>> not_a_folder(os.path.join(file, "x")) == f"{file} is not a directory"
+        True
+    """
+    path = os.fspath(path)
+    kind = file_info(path).type
+    if kind == pafs.FileType.Directory:
+        return None
+    if kind != pafs.FileType.NotFound:
+        return "exists and is not a directory"
+    if is_uri(path):  # an object store's folders are prefixes: any key may gain children
+        return None
+    parent = os.path.dirname(os.path.normpath(path))
+    while parent and not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        return f"{parent} is not a directory"
+    return None
+
+
 def temporary_sibling(path: str | os.PathLike) -> str:
     """A unique hidden name next to ``path``, on the same filesystem so a rename is atomic."""
     directory, name = split(path)

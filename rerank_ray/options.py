@@ -96,6 +96,22 @@ def path_flags(cls: type) -> set[str]:
     return {flag for _, spec in walk(cls) if spec.path for flag in (spec.flag, *spec.aliases)}
 
 
+def _argument_type(convert: Callable) -> Callable:
+    """``convert`` as an argparse type: the ``ValueError`` of a converter of this package
+    becomes the reason argparse shows (it says what is accepted); ``int`` and ``float`` keep
+    argparse's own message, which names the type."""
+    if convert in (int, float):
+        return convert
+
+    def converted(text: str):
+        try:
+            return convert(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return converted
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type, groups: dict[str, str]) -> None:
     """Add one argument per option of ``cls`` to ``parser``, its ``dest`` the dotted path.
 
@@ -115,9 +131,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, groups: dict[str, 
         else:
             if spec.repeat:
                 kwargs["action"] = "append"
-            for name in ("type", "metavar", "choices"):
+            for name in ("metavar", "choices"):
                 if getattr(spec, name) is not None:
                     kwargs[name] = getattr(spec, name)
+            if spec.type is not None:
+                kwargs["type"] = _argument_type(spec.type)
             if spec.metavar is None and spec.choices is None:
                 kwargs["metavar"] = spec.flag.lstrip("-").upper()
             shown = default not in (None, MISSING) and "default" not in spec.help

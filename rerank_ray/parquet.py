@@ -56,12 +56,26 @@ def parquet_files(path: str) -> list[str]:
     )
 
 
+def _unreadable(path: str, error: Exception) -> DataError:
+    """The one-line error for a file that is not a readable Parquet file, with Arrow's reason."""
+    text = str(error).strip()
+    reason = text.splitlines()[0] if text else "unreadable"
+    return DataError(f"{path}: not a readable Parquet file ({reason})")
+
+
 def parquet_rows(path: str) -> int:
-    """The row count of a Parquet table (:func:`parquet_files`), from the files' footers."""
+    """The row count of a Parquet table (:func:`parquet_files`), from the files' footers.
+
+    Raises:
+        DataError: one line naming the first file that is not a readable Parquet file.
+    """
     total = 0
     for file in parquet_files(path):
         filesystem, inner = resolve(file)
-        total += pq.read_metadata(inner, filesystem=filesystem).num_rows
+        try:
+            total += pq.read_metadata(inner, filesystem=filesystem).num_rows
+        except pa.ArrowInvalid as error:
+            raise _unreadable(file, error) from None
     return total
 
 
@@ -69,14 +83,13 @@ def parquet_schema(path: str) -> pa.Schema:
     """The schema of a Parquet file, from its footer.
 
     Raises:
-        DataError: one line, when ``path`` is not a Parquet file.
+        DataError: one line, when ``path`` is not a readable Parquet file.
     """
     filesystem, inner = resolve(path)
     try:
         return pq.read_schema(inner, filesystem=filesystem)
     except pa.ArrowInvalid as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable"
-        raise DataError(f"{path}: not a Parquet file ({reason})") from None
+        raise _unreadable(path, error) from None
 
 
 def iter_parquet_batches(
@@ -86,20 +99,42 @@ def iter_parquet_batches(
 
     Row group by row group: one ``iter_batches`` over a whole file holds memory that grows
     with the file.
+
+    Raises:
+        DataError: one line naming a file that is not a readable Parquet file.
     """
     for file in parquet_files(path):
-        with open_input(file) as handle, pq.ParquetFile(handle) as parquet:
-            for group in range(parquet.num_row_groups):
-                yield from parquet.iter_batches(
-                    batch_size=batch_size, row_groups=[group], columns=columns
-                )
+        with open_input(file) as handle:
+            try:
+                parquet = pq.ParquetFile(handle)
+            except pa.ArrowInvalid as error:
+                raise _unreadable(file, error) from None
+            with parquet:
+                for group in range(parquet.num_row_groups):
+                    yield from parquet.iter_batches(
+                        batch_size=batch_size, row_groups=[group], columns=columns
+                    )
 
 
 def read_table(path: str, **kwargs) -> pa.Table:
     """A whole Parquet table (a file, or a directory's files); ``kwargs`` go to
-    ``pyarrow.parquet.read_table`` (``columns=``, ``schema=``)."""
+    ``pyarrow.parquet.read_table`` (``columns=``, ``schema=``).
+
+    Raises:
+        DataError: one line naming a file of the table that is not a readable Parquet file,
+            or that lacks one of ``columns``.
+    """
     filesystem, inner = resolve(path)
-    return pq.read_table(inner, filesystem=filesystem, **kwargs)
+    try:
+        return pq.read_table(inner, filesystem=filesystem, **kwargs)
+    except pa.ArrowInvalid:
+        # Arrow's error does not say which file; the footers do, read only on failure.
+        for file in parquet_files(path):
+            names = parquet_schema(file).names
+            missing = [c for c in kwargs.get("columns") or () if c not in names]
+            if missing:
+                raise DataError(f"{file}: missing column {missing[0]!r}") from None
+        raise
 
 
 def write_table(table: pa.Table, path: str) -> None:

@@ -34,7 +34,7 @@ from rerank_ray.io import discard, exists, join
 from rerank_ray.keys import digest
 from rerank_ray.local_ray import connect_ray
 from rerank_ray.rundir import RunDirectory
-from rerank_ray.stages import STAGE_TABLE, STAGES
+from rerank_ray.stages import STAGE_TABLE, STAGES, command_running
 from rerank_ray.systems import SINGLE_RERANKER_FILES
 
 log = logging.getLogger("rerank_ray")
@@ -85,7 +85,10 @@ class Pipeline:
 
     def _prepared(self) -> PreparedData:
         if "data" not in self.manifest:
-            raise ConfigError(f"{self.run.root}: no prepared data; run the 'embed' stage first")
+            command = command_running("prepare").name
+            raise ConfigError(
+                f"{self.run.root}: no prepared data; run `rerank-ray {command}` first"
+            )
         return PreparedData.from_dict(self.manifest["data"])
 
     def _outputs(self, stage: str) -> list[str]:
@@ -140,8 +143,8 @@ class Pipeline:
             if not self.is_complete(before):
                 raise ConfigError(
                     f"{self.run.root}: the {before} stage's output is missing or was computed"
-                    f" with other inputs or options; run the '{before}' stage first"
-                    " (`rerank-ray run` redoes what changed)"
+                    f" with other inputs or options; run `rerank-ray {command_running(before).name}`"
+                    " first (`rerank-ray run` redoes what changed)"
                 )
 
     def _timed(

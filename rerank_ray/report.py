@@ -67,8 +67,9 @@ def significant_metrics(significance: dict | None) -> dict[str, set]:
 
 
 def significance_note(significance: dict | None) -> str:
-    """The line that says what ``*`` means ('' when nothing was compared)."""
-    if not (significance or {}).get("comparisons"):
+    """The line that says what ``*`` means; '' when no difference is significant, so no
+    table marks one."""
+    if not significant_metrics(significance):
         return ""
     return (
         f"* the difference is significant at α = {significance['alpha']} (paired randomization"
@@ -174,7 +175,9 @@ def render_report(metrics: dict, manifest: dict, significance: dict | None = Non
     baseline = (significance or {}).get("baseline", "retrieval")
     lines += [metrics_table(metrics, significant_metrics(significance), baseline), ""]
     if len(metrics) > 1 and significance:
-        lines += [significance_note(significance), "", significance_table(significance), ""]
+        note = significance_note(significance)
+        lines += [note, ""] if note else []
+        lines += [significance_table(significance), ""]
     depth = (config.get("rerank") or {}).get("top_k") or config.get("top_k")
     for system in rerankers:
         if system not in metrics:

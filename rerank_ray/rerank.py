@@ -65,7 +65,9 @@ def parse_depths(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise ValueError(f"not a comma-separated list of depths: {text!r}") from None
+        raise ValueError(
+            f"{text!r} is not a comma-separated list of depths (whole numbers, e.g. 10,20,50)"
+        ) from None
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,17 @@ COMMANDS = {
 }
 
 
+def command_running(stage: str) -> Command:
+    """The command that runs ``stage`` with the fewest other stages: the one a refusal names
+    when the stage's output is missing.
+
+    Example:
+        >>> [command_running(stage).name for stage in STAGES]
+        ['embed', 'embed', 'retrieve', 'rerank', 'evaluate']
+    """
+    return min((c for c in COMMANDS.values() if stage in c.stages), key=lambda c: len(c.stages))
+
+
 def command_of_entrypoint(path: str) -> Command:
     """The command whose ``jobs/`` script is ``path`` (any absolute or relative spelling)."""
     name = path.replace("\\", "/").rsplit("/", 1)[-1]

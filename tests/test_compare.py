@@ -66,7 +66,10 @@ def test_two_runs_compared_on_their_shared_metrics(ray_session, msmarco, tmp_pat
     for comparison in result["comparisons"]:
         assert comparison == pytest.approx(mine[comparison["metric"]])
     assert (tmp_path / "cmp" / "compare.png").stat().st_size > 1000
-    assert "paired" in (tmp_path / "cmp" / "compare.md").read_text()
+    markdown = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| p (randomization) | p (t-test) | p (Holm) |" in markdown
+    marked = any(c["significant"] for c in result["comparisons"])
+    assert ("significant at α" in markdown) == marked == ("*" in printed)
 
     _run(msmarco, tmp_path / "other", "--retriever", "bm25", queries="5")
     code = main(["compare", str(tmp_path / "bm25"), str(tmp_path / "other"), "--out",

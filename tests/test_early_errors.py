@@ -84,7 +84,7 @@ def test_supplied_embeddings_that_are_not_parquet_are_refused(tsv, no_ray, capsy
     supplied.write_text("pid,embedding\n1,0.5\n")
     assert run(tsv, "--embedder", "minilm", "--reranker", "none",
                "--corpus-embeddings", str(supplied)) == 2  # fmt: skip
-    assert f"{supplied}: not a Parquet file" in refused_before_any_stage(tsv, capsys)
+    assert f"{supplied}: not a readable Parquet file" in refused_before_any_stage(tsv, capsys)
 
 
 def _vectors(path, id_column, ids, dimension):

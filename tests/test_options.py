@@ -91,6 +91,10 @@ def test_every_flag_sets_its_config_path_and_nothing_else(tmp_path):
 
 
 def test_run_is_an_alias_of_out_and_help_shows_defaults(tmp_path, capsys):
+    import json
+
+    manifest = {"config": RunConfig(out=str(tmp_path)).to_dict(), "stages": {}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     args = build_parser().parse_args(["evaluate", "--run", str(tmp_path)])
     assert config_from_args(args).out == str(tmp_path)
     with pytest.raises(SystemExit):
@@ -209,3 +213,18 @@ def test_inputs_are_recorded_absolute_so_another_working_directory_reads_the_sam
     with_candidates = ["run", "--out", "runs/b", "--candidates", "cand.trec"]
     config = config_from_args(build_parser().parse_args(with_candidates))
     assert config.candidates == str(here / "cand.trec")
+
+
+@pytest.mark.parametrize(
+    "flag, typed, reason",
+    [
+        ("--metrics", "ndcg", "unknown metric 'ndcg' (use recall@k, mrr@k, ndcg@k, p@k, map@k,"),
+        ("--rerank-depths", "abc", "'abc' is not a comma-separated list of depths (whole numbers,"),
+    ],
+)
+def test_a_value_an_option_cannot_take_is_refused_with_what_it_accepts(flag, typed, reason, capsys):
+    with pytest.raises(SystemExit) as done:
+        build_parser().parse_args(["evaluate", "--run", "r", flag, typed])
+    assert done.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"rerank-ray evaluate: error: argument {flag}: {reason}")

@@ -525,7 +525,11 @@ def test_cli_user_error_is_one_line_without_traceback(tmp_path):
 
 
 def test_stage_on_a_run_directory_without_its_inputs(tmp_path, capsys):
-    assert main(["retrieve", "--out", str(tmp_path / "empty")]) == 2
+    run = tmp_path / "run"
+    run.mkdir()
+    manifest = {"config": RunConfig(out=str(run)).to_dict(), "stages": {}}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["retrieve", "--out", str(run)]) == 2
     assert "run the 'embed' stage first" in capsys.readouterr().err
 
 

@@ -98,6 +98,7 @@ import sys, time
 from rerank_ray.config import RunConfig
 from rerank_ray.pipeline import Pipeline
 pipeline = Pipeline(RunConfig(out=sys.argv[1]))
+pipeline.run.write_manifest(pipeline.manifest)
 print("holding", flush=True)
 time.sleep(300)
 """

@@ -143,6 +143,44 @@ def test_the_table_marks_only_significant_differences():
     assert significance_note(significance).startswith("* the difference is significant at α = 0.05")
 
 
+def _significance(significant: bool) -> dict:
+    comparison = {"system": "rerank", "metric": "mrr@10", "queries": 3, "mean_difference": 0.2,
+                  "ci_low": -0.1, "ci_high": 0.5, "randomization_p": 0.01, "t_test_p": 0.02,
+                  "holm_p": 0.01, "significant": significant}  # fmt: skip
+    return {"baseline": "retrieval", "alpha": ALPHA, "comparisons": [comparison]}
+
+
+@pytest.mark.parametrize("significant", [True, False], ids=["marked", "unmarked"])
+def test_the_legend_of_the_mark_is_shown_only_with_a_mark(significant, tmp_path, capsys):
+    """The summary, report.md, compare's summary and compare.md explain ``*`` only when a
+    table shows one."""
+    import json
+
+    from rerank_ray.cli import _print_summary
+    from rerank_ray.compare import comparison_note, comparison_table, render_comparison
+    from rerank_ray.config import RunConfig
+    from rerank_ray.report import render_report
+
+    metrics = {"retrieval": {"mrr@10": 0.5}, "rerank": {"mrr@10": 0.7}}
+    significance = _significance(significant)
+    config = RunConfig(out=str(tmp_path), metrics=("mrr@10",))
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": config.to_dict(), "stages": {}}))
+    (tmp_path / "significance.json").write_text(json.dumps(significance))
+    _print_summary(config, metrics, depth=100)
+    summary = capsys.readouterr().out
+    report = render_report(metrics, {"config": config.to_dict()}, significance)
+    result = {**significance, "runs": ["a", "b"], "baseline": "a:retrieval",
+              "systems": {"a:retrieval": {"mrr@10": 0.5}, "b:rerank": {"mrr@10": 0.7}}}  # fmt: skip
+    result["comparisons"] = [{**c, "system": "b:rerank"} for c in result["comparisons"]]
+    compared = comparison_table(result) + "\n" + render_comparison(result)
+    for text in (summary, report, compared):
+        assert ("*" in text) == significant, text
+    assert ("* the difference is significant" in summary) == significant
+    assert ("* the difference is significant" in report) == significant
+    assert bool(comparison_note(result)) == significant
+    assert ("significant at α" in render_comparison(result)) == significant
+
+
 @pytest.mark.parametrize("lift", [0.0, 0.03, 0.08])
 def test_the_resampled_randomization_test_agrees_with_scipys(lift):
     """Past 2^n > RESAMPLES swaps the test samples them: within Monte Carlo error of
