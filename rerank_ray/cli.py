@@ -167,6 +167,7 @@ def _print_summary(config: RunConfig, metrics: dict, depth: int) -> None:
     from rerank_ray.io import exists, read_json
     from rerank_ray.metrics import depth_note, within_depth
     from rerank_ray.report import (
+        candidates_note,
         depth_table,
         metrics_table,
         significance_note,
@@ -190,13 +191,16 @@ def _print_summary(config: RunConfig, metrics: dict, depth: int) -> None:
     print(metrics_table(metrics, significant_metrics(significance), config.baseline))
     if len(metrics) > 1 and significance_note(significance):
         print(significance_note(significance))
-    sweeps = run.read_manifest().get("stages", {}).get("evaluate", {}).get("depth_sweep") or {}
+    manifest = run.read_manifest()
+    sweeps = manifest.get("stages", {}).get("evaluate", {}).get("depth_sweep") or {}
     for system, sweep in sweeps.items():
         print(f"\nrerank depth of {system} (its metrics had it reranked only the top d):")
         print(depth_table(sweep))
     _, deeper = within_depth(config.metric_names, depth)
     if deeper:
         print(f"NOTE: {depth_note(deeper, depth)}")
+    if candidates_note(manifest):
+        print(f"NOTE: {candidates_note(manifest)}")
     for system, model in config.rerank.systems.items():
         if is_smoke_model(model):
             print(f"NOTE: {SMOKE_WARNING}; the {system} row shows the machinery, not a result.")

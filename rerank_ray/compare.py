@@ -6,8 +6,9 @@ A system is a run's ``retrieval`` or one of its rerankers, named ``FOLDER:retrie
 data). The runs must have been evaluated on the same judgements: their ``data/qrels.parquet``
 are compared row by row and a difference is refused in one line naming both runs. Each
 system's per-query values come from its run's ``per_query.parquet``; only the metrics every
-system has are compared; the tests are :mod:`rerank_ray.significance`'s, with Holm across
-every system compared with the baseline (default: the first run's retrieval).
+system has are compared (runs that share none are refused, naming each run's metrics); the
+tests are :mod:`rerank_ray.significance`'s, with Holm across every system compared with the
+baseline (default: the first run's retrieval).
 
 Writes ``compare.json`` (the means and every comparison), ``compare.md`` (the table, ``*``
 on significant differences, the tests) and ``compare.png`` (each metric per system).
@@ -51,9 +52,10 @@ def _qrels(run: RunDirectory):
 
 def load_systems(run_dirs: list[str]) -> tuple[dict, dict]:
     """``({system: {qid: {metric: value}}}, {system: {metric: mean}})`` of every run's
-    systems, after checking that the runs share their qrels."""
+    systems, after checking that the runs share their qrels and at least one metric."""
     per_query: dict = {}
     means: dict = {}
+    run_metrics: dict[str, list[str]] = {}  # run directory → the metrics it was evaluated on
     first, first_qrels, taken = None, None, set()
     for run_dir in run_dirs:
         run = RunDirectory(run_dir)
@@ -73,6 +75,7 @@ def load_systems(run_dirs: list[str]) -> tuple[dict, dict]:
             )
         name = _name(run, taken)
         table = read_table(run.per_query_path).to_pydict()
+        run_metrics[run.root] = list(dict.fromkeys(table["metric"]))
         for system, qid, metric, value in zip(
             table["system"], table["qid"], table["metric"], table["value"]
         ):
@@ -82,7 +85,23 @@ def load_systems(run_dirs: list[str]) -> tuple[dict, dict]:
         means[system] = {
             m: sum(values[m] for values in queries.values()) / len(queries) for m in sorted(names)
         }
+    if means and not set.intersection(*(set(m) for m in means.values())):
+        from rerank_ray.config import RunConfig
+
+        raise ConfigError(_no_shared_metric(run_metrics), RunConfig, "metrics")
     return per_query, means
+
+
+def _no_shared_metric(run_metrics: dict[str, list[str]]) -> str:
+    """The refusal of runs whose systems have no metric in common, naming each run's.
+
+    Example:
+        >>> _no_shared_metric({"/r/a": ["recall@10"], "/r/b": ["p@10", "ndcg@5"]})
+        '/r/a (recall@10) and /r/b (p@10, ndcg@5) share no metric; evaluate them with the same metrics'
+    """
+    named = [f"{run} ({', '.join(metrics) or 'no metric'})" for run, metrics in run_metrics.items()]
+    runs = ", ".join(named[:-1]) + " and " + named[-1] if len(named) > 1 else named[0]
+    return f"{runs} share no metric; evaluate them with the same metrics"
 
 
 def compare_runs(run_dirs: list[str], out: str, baseline: str | None = None) -> dict:

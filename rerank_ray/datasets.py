@@ -289,6 +289,17 @@ def _dataset_rows_to_tables(config, corpus, queries, qrels) -> None:
     if rows == 0:
         raise DataError(f"{config.dataset}: no rows")
     _check_shortfall(config, rows)
+    if qrels.rows == 0:
+        raise DataError(_no_positives(config, queries.rows))
+
+
+def _no_positives(config: DataConfig, num_queries: int) -> str:
+    """The refusal of a ``dataset`` whose ``num_queries`` queries have no positive passage:
+    metrics average over the queries that have one."""
+    return (
+        f"{config.dataset}: no query has a relevant passage (none of its {num_queries}"
+        " queries has a positive)"
+    )
 
 
 def _check_shortfall(config: DataConfig, rows: int) -> None:
@@ -323,6 +334,8 @@ def _dataset_against_corpus(config, corpus, queries, qrels) -> None:
     if rows == 0:
         raise DataError(f"{config.dataset}: no rows")
     _check_shortfall(config, rows)
+    if not qids_by_text:
+        raise DataError(_no_positives(config, rows))
     wanted = list(qids_by_text)
     passages = _corpus_rows(config.corpus, config.hub_split)
     matches = write_checked_corpus(corpus, passages, config.corpus, wanted, "text")
@@ -392,6 +405,8 @@ def read_judgements(
     ``lines`` are ``(line_number, qid, pid, relevance)`` as the file's reader yields them. A
     line that repeats an earlier ``(qid, pid)`` with the same relevance is dropped; with
     another relevance it is refused, as is, when ``query_ids`` is given, a qid not in them.
+    Metrics average over the queries that have a relevant passage (grade >= 1), so a file
+    without any is refused.
 
     Raises:
         DataError: naming the file and line (and the earlier line of a conflict).
@@ -412,6 +427,8 @@ def read_judgements(
         judged.append((line_number, qid, pid, relevance))
     if not judged:
         raise DataError(f"{path}: no judgements")
+    if all(relevance < 1 for _, _, _, relevance in judged):
+        raise DataError(f"{path}: no query has a relevant passage (grade > 0)")
     return judged
 
 

@@ -4,7 +4,8 @@ The systems are the retrieval (``retrieval.parquet``) and each reranker
 (``rerank/<system>.parquet``, whose reranked top is followed by the rest of the retrieval
 order). Each is reduced to its judged hits (:class:`rerank_ray.metrics.Hits`: one Arrow join
 with the qrels), so the stage's cost is reading the rankings once, whatever their depth;
-metrics deeper than the retrieval depth are not computed (:func:`rerank_ray.metrics.within_depth`).
+metrics deeper than the retrieval depth are not computed (:func:`rerank_ray.metrics.within_depth`)
+and a request of only such metrics is refused, as are qrels without a relevant passage.
 Writes ``metrics.json`` (``{system: {metric: mean}}``), ``per_query.parquet`` (``system, qid,
 metric, value``: the values the means and the tests are computed from), ``significance.json``
 (each system against the baseline, :mod:`rerank_ray.significance`) and ``report.png``.
@@ -25,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from rerank_ray.errors import DataError
 from rerank_ray.io import write_json
 from rerank_ray.metrics import (
     DEFAULT_METRICS,
@@ -33,7 +35,7 @@ from rerank_ray.metrics import (
     Judgements,
     evaluate_hits,
     recall_curve,
-    within_depth,
+    reportable_metrics,
 )
 from rerank_ray.parquet import read_table, write_table
 from rerank_ray.report import write_plot
@@ -72,9 +74,17 @@ def evaluate_run(
         The metrics, and the stage's statistics: queries evaluated, queries without a
         relevant passage, metrics not reported for depth, each reranker's effect per query
         and depth sweep, and ``significance`` (``significance.json``'s content).
+
+    Raises:
+        ConfigError: when no metric's cutoff is within ``top_k``
+            (:func:`~rerank_ray.metrics.reportable_metrics`).
+        DataError: when no query of the qrels has a relevant passage; both before anything
+            is written.
     """
-    names, deeper = within_depth(metrics, top_k)
+    names, deeper = reportable_metrics(metrics, top_k)
     judgements = Judgements.from_table(read_table(qrels_path))
+    if not len(judgements.qids):  # every metric would average over no query
+        raise DataError(f"{qrels_path}: no query has a relevant passage (grade > 0)")
     retrieval = read_table(retrieval_path, columns=["qid", "pid", "rank"])
     unjudged = judgements.count_unjudged(retrieval.column("qid"))
     hits = {"retrieval": Hits.from_table(retrieval, judgements)}

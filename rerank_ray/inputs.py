@@ -163,9 +163,13 @@ class RunInputs:
     def check(self) -> None:
         """Refuse, in one line and before Ray starts or any stage runs, what can be checked
         without them: the sources, the models (resolved: names, folders with weights, config
-        and tokenizer), supplied vectors (:meth:`check_supplied`) and candidates
-        (:meth:`check_candidates`; the embedder is then not needed)."""
+        and tokenizer), supplied vectors (:meth:`check_supplied`), candidates
+        (:meth:`check_candidates`; the embedder is then not needed) and metrics of which none
+        is within ``top_k``."""
+        from rerank_ray.metrics import reportable_metrics
+
         self.config.data.validate()
+        reportable_metrics(self.config.metric_names, self.config.top_k)
         if self.config.candidates:
             self.check_candidates()
         if self.config.embeds:

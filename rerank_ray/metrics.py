@@ -27,6 +27,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from rerank_ray.errors import ConfigError
+
 #: The metrics every report shows, in this order.
 DEFAULT_METRICS = (
     "recall@1", "recall@10", "recall@100", "mrr@1", "mrr@10", "ndcg@10", "map@100",
@@ -365,6 +367,28 @@ def within_depth(names: Sequence[str], depth: int) -> tuple[list[str], list[str]
     """
     kept = [name for name in names if parse_metric(name)[1] <= depth]
     return kept, [name for name in names if name not in kept]
+
+
+def reportable_metrics(names: Sequence[str], depth: int) -> tuple[list[str], list[str]]:
+    """:func:`within_depth`, refusing a request of which no metric can be reported.
+
+    Raises:
+        ConfigError: when every cutoff is deeper than ``depth``, naming each metric's.
+
+    Example:
+        >>> reportable_metrics(["recall@1000"], 20)
+        Traceback (most recent call last):
+        ...
+        rerank_ray.errors.ConfigError: no requested metric can be reported at depth 20: recall@1000 needs 1000 (the rankings hold the top 20 passages per query)
+    """
+    kept, deeper = within_depth(names, depth)
+    if not kept:
+        needs = ", ".join(f"{name} needs {parse_metric(name)[1]}" for name in deeper)
+        raise ConfigError(
+            f"no requested metric can be reported at depth {depth}: {needs} (the rankings"
+            f" hold the top {depth} passages per query)"
+        )
+    return kept, deeper
 
 
 def depth_note(dropped: Sequence[str], depth: int) -> str:

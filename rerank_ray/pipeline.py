@@ -421,10 +421,13 @@ class Pipeline:
         significance.json, report.md and report.png."""
         from rerank_ray.cross_encoder import SMOKE_WARNING, is_smoke_model
         from rerank_ray.evaluation import evaluate_run, rerank_cost
+        from rerank_ray.metrics import reportable_metrics
         from rerank_ray.report import write_report
 
         self.run.require(self.run.retrieval_path, "retrieve")
         prepared = self._prepared()
+        # Refused before the stage starts, so the run's last evaluation stays as it was.
+        reportable_metrics(self.config.metric_names, self.retrieval_depth())
         systems = self.config.rerank.systems
         result: dict = {}
         significance: dict = {}

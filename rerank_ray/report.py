@@ -162,6 +162,22 @@ def rerank_depth_note(rerank_depth: int, metric_names) -> str:
     )
 
 
+def candidates_note(manifest: dict) -> str:
+    """The sentence saying how many queries a candidates file left without a ranking ('' when
+    it ranked every query or the run has no candidates), from the retrieve stage's record.
+
+    Example:
+        >>> candidates_note({"stages": {"retrieve": {"queries": 1, "queries_without_candidates": 59}}})
+        '59 of 60 queries have no candidates (they count as retrieving nothing).'
+    """
+    retrieve = (manifest.get("stages") or {}).get("retrieve") or {}
+    missing = retrieve.get("queries_without_candidates")
+    if not missing:
+        return ""
+    total = retrieve.get("queries", 0) + missing
+    return f"{missing} of {total} queries have no candidates (they count as retrieving nothing)."
+
+
 def render_report(metrics: dict, manifest: dict, significance: dict | None = None) -> str:
     """The report's Markdown: metrics (with the significance of each system's differences
     from the baseline), each reranker's effect and depth sweep, models, data and timings."""
@@ -174,6 +190,8 @@ def render_report(metrics: dict, manifest: dict, significance: dict | None = Non
         lines += [SMOKE_NOTE, ""]
     baseline = (significance or {}).get("baseline", "retrieval")
     lines += [metrics_table(metrics, significant_metrics(significance), baseline), ""]
+    if candidates_note(manifest):
+        lines += [candidates_note(manifest), ""]
     if len(metrics) > 1 and significance:
         note = significance_note(significance)
         lines += [note, ""] if note else []

@@ -397,3 +397,29 @@ def test_a_candidates_run_refuses_bad_candidates_before_ray(msmarco, tmp_path, m
     )
     path, error = run([f"0 Q0 {known} 1 1.0 t", f"3 Q0 {known} 1 0.5 t"])
     assert error == f"rerank-ray: error: {path}, line 2: qid 3 is not in the queries of {dataset}"
+
+
+def test_queries_without_candidates_are_counted_in_the_summary_and_the_report(
+    msmarco, tmp_path, capsys
+):
+    """Candidates for one of three queries: the figures average over every query, so the
+    summary and report.md say how many had none (no Ray: the data is a dataset's positives)."""
+    rows = [json.loads(line) for line in (msmarco / "dev.jsonl").open().readlines()[:10]]
+    pids = list(dict.fromkeys(passage_id(text) for row in rows for text in row["positive"]))
+
+    def run(qids, out):
+        lines = [
+            f"{qid} Q0 {pid} 1 {len(pids) - i} t" for qid in qids for i, pid in enumerate(pids)
+        ]
+        path = write_lines(tmp_path / f"{out}.trec", lines)
+        args = ["run", "--dataset", str(msmarco / "dev.jsonl"), "--corpus-rows", "10",
+                "--num-queries", "3", "--candidates", path, "--embedder", NO_EMBEDDER,
+                "--reranker", "none", "--top-k", "5", "--out", str(tmp_path / out), "--quiet"]  # fmt: skip
+        assert main(args) == 0
+        return capsys.readouterr().out, (tmp_path / out / "report.md").read_text()
+
+    note = "2 of 3 queries have no candidates (they count as retrieving nothing)."
+    printed, report = run(["0"], "one")
+    assert f"NOTE: {note}" in printed.splitlines() and note in report.splitlines()
+    printed, report = run(["0", "1", "2"], "all")
+    assert "no candidates" not in printed and "no candidates" not in report

@@ -11,6 +11,7 @@ import pytest
 import pytrec_eval
 
 from rerank_ray.cli import main
+from rerank_ray.formats import passage_id
 from rerank_ray.significance import compare_systems
 
 
@@ -108,3 +109,32 @@ def test_an_evaluate_cut_short_leaves_no_results_and_compare_refuses_the_run(
     monkeypatch.undo()
     assert main(["evaluate", "--run", str(run), "-q"]) == 0
     assert all((run / name).exists() for name in outputs)
+
+
+def test_runs_that_share_no_metric_are_refused_naming_each_run_and_its_metrics(
+    msmarco, tmp_path, capsys
+):
+    """Two runs of the same data evaluated on disjoint metrics: no table to fill, so nothing
+    is written (the runs rank candidates written here: no Ray, no model)."""
+    rows = [json.loads(line) for line in (msmarco / "dev.jsonl").open().readlines()[:10]]
+    pids = list(dict.fromkeys(passage_id(text) for row in rows for text in row["positive"]))
+    lines = [f"{q} Q0 {pid} 1 {len(pids) - i} t\n" for q in "012" for i, pid in enumerate(pids)]
+    (tmp_path / "run.trec").write_text("".join(lines))
+    for name, metrics in (("a", "R@1 nDCG@5"), ("b", "P@5 AP@5")):
+        code = main(
+            ["run", "--dataset", str(msmarco / "dev.jsonl"), "--corpus-rows", "10",
+             "--num-queries", "3", "--candidates", str(tmp_path / "run.trec"), "--embedder",
+             "/no/such/embedder", "--reranker", "none", "--top-k", "5", "--metrics", metrics,
+             "--out", str(tmp_path / name), "-q"]
+        )  # fmt: skip
+        assert code == 0
+    capsys.readouterr()
+    code = main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out",
+                 str(tmp_path / "cmp")])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err == (
+        f"rerank-ray: error: {tmp_path / 'a'} (recall@1, ndcg@5) and {tmp_path / 'b'} (p@5,"
+        " map@5) share no metric; evaluate them with the same --metrics\n"
+    )
+    assert not (tmp_path / "cmp").exists()

@@ -289,6 +289,12 @@ BAD_TSV = [
     ),
     ("1\tp\n", "10\tq\n10\tagain\n", "10 0 1 1\n", "queries.tsv, line 2: qid 10 appears twice"),
     ("1\tp\n", "10\tq\n", "", "qrels.tsv: file is empty"),
+    (
+        "1\tp\n2\tr\n",
+        "10\tq\n11\tq\n",
+        "10 0 1 0\n11 0 2 0\n10 0 2 -1\n",
+        "qrels.tsv: no query has a relevant passage (grade > 0)",
+    ),
     ("", "10\tq\n", "10 0 1 1\n", "collection.tsv: file is empty"),
     (b"1\tcaf\xe9\n", "10\tq\n", "10 0 1 1\n", "collection.tsv, line 1: not valid UTF-8"),
     (
@@ -442,6 +448,28 @@ def test_bad_dataset_rows(tmp_path, content, message):
     path.write_text(content)
     with pytest.raises(DataError, match=message):
         prepare_data(DataConfig(dataset=str(path)), tmp_path / "out")
+
+
+@pytest.mark.parametrize("with_corpus", [False, True], ids=["positives", "corpus-table"])
+def test_a_dataset_whose_queries_have_no_positive_is_refused(tmp_path, with_corpus):
+    """The first rows are the queries: when none of them has a positive, no metric has a query
+    to average over (later rows' positives still make a corpus)."""
+    rows = [{"query": "q zero", "positive": []}, {"query": "q one", "positive": []}, *ROWS]
+    source = _write_jsonl(tmp_path / "dev.jsonl", rows)
+    corpus = None
+    if with_corpus:
+        corpus = _write_jsonl(tmp_path / "corpus.jsonl", [{"pid": "1", "text": "passage A"}])
+    out = tmp_path / "out"
+    with pytest.raises(DataError) as error:
+        prepare_data(DataConfig(dataset=source, corpus=corpus, num_queries=2), out)
+    assert str(error.value) == (
+        f"{source}: no query has a relevant passage (none of its 2 queries has a positive)"
+    )
+    left = os.listdir(out) if out.exists() else []
+    assert not [name for name in left if name.endswith(".parquet") or name.startswith(".")]
+    # One query with a positive is enough.
+    prepared = prepare_data(DataConfig(dataset=source, num_queries=3), tmp_path / "three")
+    assert read_qrels(prepared.qrels_path) == {"2": {passage_id("passage A"): 1}}
 
 
 def test_missing_file_and_impossible_combinations(tmp_path):

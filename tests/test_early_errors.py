@@ -62,6 +62,15 @@ def test_an_unknown_reranker_is_refused_before_anything_runs(tsv, no_ray, capsys
     assert "no-such-org/no-such-reranker: cannot fetch the model" in error
 
 
+def test_metrics_all_deeper_than_top_k_are_refused_before_anything_runs(tsv, no_ray, capsys):
+    options = ("--retriever", "bm25", "--reranker", "none", "--top-k", "2")
+    assert run(tsv, *options, "--metrics", "R@1000 nDCG@10") == 2
+    assert refused_before_any_stage(tsv, capsys) == (
+        "rerank-ray: error: no requested metric can be reported at depth 2: recall@1000 needs"
+        " 1000, ndcg@10 needs 10 (the rankings hold the top 2 passages per query)"
+    )
+
+
 def test_a_model_folder_without_a_tokenizer_is_refused(tsv, no_ray, capsys, minilm_path):
     model = tsv / "model"
     shutil.copytree(minilm_path, model)

@@ -223,3 +223,45 @@ def test_precision_and_average_precision_equal_pytrec_eval_and_ir_measures_names
         assert got[name] == pytest.approx(expected, abs=1e-12), name
     with pytest.raises(ValueError, match="unknown metric"):
         parse_metrics("MAP@10 Bpref@10")
+
+
+def test_evaluate_run_refuses_what_no_figure_can_mean_before_writing_anything(tmp_path):
+    """Qrels without a relevant passage (every mean would be 0 over no query) and metrics all
+    deeper than the rankings (an empty table) are refused, and nothing is written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rerank_ray.errors import ConfigError, DataError
+    from rerank_ray.evaluation import evaluate_run
+    from rerank_ray.rundir import RunDirectory
+
+    retrieval = pa.table({"qid": ["q1", "q2"], "pid": ["a", "b"], "rank": [1, 1]})
+    pq.write_table(retrieval, tmp_path / "retrieval.parquet")
+    qrels = pa.table(
+        {"qid": ["q1", "q2"], "pid": ["a", "b"], "relevance": pa.array([0, -1], pa.int32())}
+    )
+    pq.write_table(qrels, tmp_path / "qrels.parquet")
+    out = RunDirectory(tmp_path / "run")
+
+    def evaluate(qrels_path, metrics):
+        return evaluate_run(
+            str(tmp_path / "retrieval.parquet"), {}, str(qrels_path), 20, out, metrics=metrics
+        )
+
+    with pytest.raises(DataError) as error:
+        evaluate(tmp_path / "qrels.parquet", ("recall@10",))
+    assert str(error.value) == (
+        f"{tmp_path / 'qrels.parquet'}: no query has a relevant passage (grade > 0)"
+    )
+    pq.write_table(qrels.set_column(2, "relevance", pa.array([1, 0], pa.int32())),
+                   tmp_path / "judged.parquet")  # fmt: skip
+    with pytest.raises(ConfigError) as error:
+        evaluate(tmp_path / "judged.parquet", ("recall@1000", "ndcg@100"))
+    assert str(error.value) == (
+        "no requested metric can be reported at depth 20: recall@1000 needs 1000, ndcg@100"
+        " needs 100 (the rankings hold the top 20 passages per query)"
+    )
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "run").mkdir()
+    metrics, stats = evaluate(tmp_path / "judged.parquet", ("recall@1000", "recall@1"))
+    assert metrics == {"retrieval": {"recall@1": 1.0}} and stats["not_reported"] == ["recall@1000"]

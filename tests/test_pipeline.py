@@ -533,6 +533,42 @@ def test_stage_on_a_run_directory_without_its_inputs(tmp_path, capsys):
     assert "run the 'embed' stage first" in capsys.readouterr().err
 
 
+def test_evaluate_on_metrics_all_deeper_than_the_rankings_is_refused_and_keeps_the_run(
+    msmarco, tmp_path, capsys
+):
+    """A run ranked 5 passages a query (candidates written here: no Ray, no model), evaluated
+    again on metrics none of which 5 passages measure: refused in one line, its evaluation
+    left as it was; with one measurable metric among them, that one and a note."""
+    from rerank_ray.formats import passage_id
+
+    rows = [json.loads(line) for line in (msmarco / "dev.jsonl").open().readlines()[:10]]
+    pids = list(dict.fromkeys(passage_id(text) for row in rows for text in row["positive"]))
+    lines = [f"{q} Q0 {pid} 1 {len(pids) - i} t\n" for q in "012" for i, pid in enumerate(pids)]
+    (tmp_path / "run.trec").write_text("".join(lines))
+    out = tmp_path / "run"
+    code = main(
+        ["run", "--dataset", str(msmarco / "dev.jsonl"), "--corpus-rows", "10", "--num-queries",
+         "3", "--candidates", str(tmp_path / "run.trec"), "--embedder", "/no/such/embedder",
+         "--reranker", "none", "--top-k", "5", "--out", str(out), "-q"]
+    )  # fmt: skip
+    assert code == 0
+    names = ("manifest.json", "metrics.json", "per_query.parquet", "report.md", "report.png")
+    before = {name: (out / name).read_bytes() for name in names}
+    capsys.readouterr()
+    assert main(["evaluate", "--out", str(out), "--metrics", "R@1000 nDCG@10", "-q"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == (
+        "rerank-ray: error: no requested metric can be reported at depth 5: recall@1000 needs"
+        " 1000, ndcg@10 needs 10 (the rankings hold the top 5 passages per query)\n"
+    )
+    assert "| system |" not in captured.out
+    assert {name: (out / name).read_bytes() for name in names} == before
+    assert main(["evaluate", "--out", str(out), "--metrics", "R@1000 R@5", "-q"]) == 0
+    note = "NOTE: recall@1000 not reported: only the top 5 passages were retrieved per query."
+    assert note in capsys.readouterr().out.splitlines()
+    assert list(json.loads((out / "metrics.json").read_text())["retrieval"]) == ["recall@5"]
+
+
 def test_role_files_publish_every_role_whole_or_nothing(tmp_path):
     """The embed stage's datasink through its lifecycle, as Ray Data calls it: rows land per
     role, a role without rows gets an empty directory, a failed write leaves nothing."""
