@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,8 +55,10 @@ class BM25Options:
     )
 
     def __post_init__(self):
-        if self.k1 < 0:
-            raise ConfigError(f"k1 must be at least 0, got {self.k1}", BM25Options, "k1")
+        if not math.isfinite(self.k1) or self.k1 < 0:  # nan compares false with everything
+            raise ConfigError(
+                f"k1 must be a finite number of at least 0, got {self.k1}", BM25Options, "k1"
+            )
         if not 0 <= self.b <= 1:
             raise ConfigError(f"b must be between 0 and 1, got {self.b}", BM25Options, "b")
         if self.rrf_k < 1:

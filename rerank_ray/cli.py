@@ -30,7 +30,7 @@ from collections.abc import Sequence
 
 from rerank_ray.config import HELP_GROUPS, RunConfig
 from rerank_ray.errors import ConfigError, UserError
-from rerank_ray.io import absolute_if_local
+from rerank_ray.io import absolute_if_local, is_uri
 from rerank_ray.options import add_arguments, walk
 from rerank_ray.stages import COMMANDS
 
@@ -85,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         "export",
         help="write a run's rankings as TREC run files",
         description="Write each ranked system of a run as a TREC run (qid Q0 pid rank score"
-        " tag): retrieval.trec and, when the run reranked, rerank.trec. Ranks from 1; the score"
-        " restates the rank, so trec_eval reads back the rankings metrics.json evaluated.",
+        " tag): retrieval.trec and, per reranker, rerank/<system>.trec in the run directory"
+        " (<system>.trec beside retrieval.trec with --out). Ranks from 1; the score restates"
+        " the rank, so trec_eval reads back the rankings metrics.json evaluated.",
     )
     export.add_argument("run", metavar="RUN", help="the run directory")
     export.add_argument(
@@ -128,16 +129,18 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
     paths = {path for path, _ in walk(RunConfig)}
     overrides = {path: value for path, value in vars(args).items() if path in paths}
-    # Inputs are recorded as absolute paths: a later command on the run directory, from
-    # another working directory, reads the same files (the run directory and the cache stay
-    # as typed: they are found again by what the later command names).
-    # A model given by a bare name stays a name: aliases (minilm) win over folders.
-    inputs = {path for path, spec in walk(RunConfig) if spec.path} - {"out", "cache_dir"}
+    # Inputs and the cache are recorded as absolute paths: a later command on the run
+    # directory, from another working directory, reads the same files (the run directory
+    # stays as typed: it is found again by what the later command names). A model given by
+    # a bare name stays a name: aliases (minilm) win over folders.
+    inputs = {path for path, spec in walk(RunConfig) if spec.path} - {"out"}
     models = {"embedder", "rerank.models"}
 
     def absolute(path: str, value: str) -> str:
         if path in models and not value.startswith(".") and os.sep not in value:
             return value
+        if path == "cache_dir" and not is_uri(value):  # made when first written
+            return os.path.abspath(value)
         return absolute_if_local(value)
 
     for path in inputs & set(overrides):

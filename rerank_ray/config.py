@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 
 from rerank_ray.bm25 import RETRIEVERS, BM25Options
@@ -91,9 +92,10 @@ class ComputeConfig:
                 "num_actors",
                 "max_actors",
             )
-        if self.num_gpus_per_actor is not None and self.num_gpus_per_actor < 0:
+        gpus = self.num_gpus_per_actor
+        if gpus is not None and not (gpus >= 0 and math.isfinite(gpus)):  # nan, inf, < 0
             refuse(
-                f"num_gpus_per_actor must be at least 0, got {self.num_gpus_per_actor}",
+                f"num_gpus_per_actor must be a finite number of at least 0, got {gpus}",
                 "num_gpus_per_actor",
             )
         if self.num_gpus_per_actor and self.device == "cpu":

@@ -71,6 +71,8 @@ def _other_value(path: str, spec):
         return ("ndcg@10", "map@100"), ["nDCG@10,AP@100"]
     if spec.type is float:
         return 0.5, ["0.5"]
+    if path == "cache_dir":  # recorded absolute
+        return "/somewhere", ["/somewhere"]
     return "somewhere", ["somewhere"]
 
 
@@ -210,6 +212,8 @@ def test_inputs_are_recorded_absolute_so_another_working_directory_reads_the_sam
     assert config.query_embeddings == "s3://bucket/q"  # a URI as given
     assert config.corpus_embeddings == "missing.parquet"  # not here: refused later, as given
     assert config.out == "runs/a"  # found again by what the later command names
+    cached = ["run", "--out", "runs/c", "--dataset", "d.jsonl", "--cache-dir", "cache"]
+    assert config_from_args(build_parser().parse_args(cached)).cache_dir == str(here / "cache")
     with_candidates = ["run", "--out", "runs/b", "--candidates", "cand.trec"]
     config = config_from_args(build_parser().parse_args(with_candidates))
     assert config.candidates == str(here / "cand.trec")
@@ -228,3 +232,19 @@ def test_a_value_an_option_cannot_take_is_refused_with_what_it_accepts(flag, typ
     assert done.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith(f"rerank-ray evaluate: error: argument {flag}: {reason}")
+
+
+@pytest.mark.parametrize(
+    "flag, typed, reason",
+    [
+        ("--bm25-k1", "nan", "--bm25-k1 must be a finite number of at least 0, got nan"),
+        ("--bm25-k1", "inf", "--bm25-k1 must be a finite number of at least 0, got inf"),
+        ("--num-gpus-per-actor", "nan", "--num-gpus-per-actor must be a finite number"),
+    ],
+)
+def test_numbers_that_are_not_finite_are_refused(flag, typed, reason, tmp_path, capsys):
+    """nan compares false with every bound: BM25 with k1 = nan scored every passage 0."""
+    args = ["run", "--out", str(tmp_path / "r"), "--dataset", "x.jsonl", flag, typed]
+    assert main(args) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and reason in error
