@@ -24,7 +24,15 @@ from __future__ import annotations
 import io as _io
 
 from rerank_ray.errors import ConfigError
-from rerank_ray.io import exists, join, makedirs, split, write_bytes, write_json, write_text
+from rerank_ray.io import (
+    claim_output_folder,
+    exists,
+    join,
+    split,
+    write_bytes,
+    write_json,
+    write_text,
+)
 from rerank_ray.metrics import DEFAULT_METRICS
 from rerank_ray.parquet import read_table
 from rerank_ray.rundir import RunDirectory
@@ -126,7 +134,7 @@ def compare_runs(run_dirs: list[str], out: str, baseline: str | None = None) -> 
         "systems": {s: {m: means[s][m] for m in metrics} for s in systems},
         "comparisons": [c.to_dict() for c in comparisons],
     }
-    makedirs(out)
+    claim_output_folder(out, "rerank-ray compare", list(FILES))
     write_json(join(out, "compare.json"), result)
     write_text(join(out, "compare.md"), render_comparison(result))
     write_bytes(join(out, "compare.png"), plot_comparison(result))

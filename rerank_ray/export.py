@@ -22,7 +22,7 @@ Example::
 from __future__ import annotations
 
 from rerank_ray.errors import ConfigError
-from rerank_ray.io import exists, join, makedirs, split
+from rerank_ray.io import claim_output_folder, exists, join, makedirs, split
 from rerank_ray.parquet import parquet_schema
 from rerank_ray.ranking import read_ranking
 from rerank_ray.rerank import reranked_rankings
@@ -100,6 +100,9 @@ def export_run(run_dir: str, out_dir: str | None = None, format: str = "trec") -
                 )
         for path in (run.retrieval_path, *map(run.rerank_path, systems[1:])):
             parquet_schema(path)
+        if out_dir is not None:
+            names = [system_stem(system) + FORMATS[format] for system in systems]
+            claim_output_folder(out_dir, f"the export of {run.root}", names)
         retrieval = read_ranking(run.retrieval_path)
         tags = system_tags(manifest)
         written = {}

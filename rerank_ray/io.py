@@ -392,3 +392,36 @@ def content_fingerprint(path: str, known: dict | None = None) -> dict:
             while chunk := stream.read(1 << 22):
                 digest.update(chunk)
     return {"files": files, "sha256": "sha256:" + digest.hexdigest()}
+
+
+#: Marks a folder as written by ``export`` or ``compare``, and for whom.
+OUTPUT_MARKER = ".rerank-ray-output.json"
+
+
+def claim_output_folder(folder: str, owner: str, names: list[str]) -> None:
+    """Make ``folder`` ready to receive ``names`` for ``owner`` (e.g. an export of one run),
+    or refuse in one line: a run directory is never written into, and a file of these names
+    is replaced only where the folder's marker says the same owner wrote it.
+
+    Example::
+
+        claim_output_folder("exports", "export of /runs/a", ["retrieval.trec"])
+    """
+    from rerank_ray.errors import ConfigError
+
+    if exists(join(folder, "manifest.json")):
+        raise ConfigError(f"--out {folder}: a run directory; give the output a folder of its own")
+    marker = join(folder, OUTPUT_MARKER)
+    try:
+        recorded = read_json(marker) if exists(marker) else None
+    except (OSError, ValueError):
+        recorded = None
+    if recorded != {"owner": owner}:
+        for name in names:
+            if exists(join(folder, name)):
+                raise ConfigError(
+                    f"--out {folder}: {name} exists and was not written there by {owner};"
+                    " remove it or choose another folder"
+                )
+    makedirs(folder)
+    write_json(marker, {"owner": owner})

@@ -115,3 +115,33 @@ def test_a_refusal_for_missing_prepared_data_names_the_command_that_prepares_it(
     )
     assert main(["retrieve", "--run", str(run), "--retriever", "bm25"]) == 2
     assert _one_line(capsys) == f"{run}: no prepared data; run `rerank-ray embed` first"
+
+
+@pytest.mark.parametrize("command", ["export", "compare"])
+def test_an_out_folder_never_loses_a_file_it_did_not_write_there(
+    command, finished_run, run_dir, tmp_path, capsys
+):
+    """Another run's directory is refused; a user's file of the same name is kept; the same
+    command's own earlier output is replaced."""
+    runs = [str(run_dir)] if command == "export" else [str(run_dir), str(run_dir)]
+    name = "retrieval.trec" if command == "export" else "compare.md"
+    assert main([command, *runs, "--out", str(finished_run)]) == 2
+    assert _one_line(capsys) == (
+        f"--out {finished_run}: a run directory; give the output a folder of its own"
+    )
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / name).write_text("precious\n")
+    assert main([command, *runs, "--out", str(mine)]) == 2
+    assert _one_line(capsys).startswith(f"--out {mine}: {name} exists and was not written there")
+    assert (mine / name).read_text() == "precious\n"
+    ours = tmp_path / "ours"
+    assert main([command, *runs, "--out", str(ours)]) == 0
+    first = (ours / name).read_bytes()
+    assert main([command, *runs, "--out", str(ours)]) == 0  # its own output: replaced
+    assert (ours / name).read_bytes() == first
+    if command == "export":  # another run's export into the same folder is refused
+        other = tmp_path / "other"
+        shutil.copytree(finished_run, other)
+        assert main([command, str(other), "--out", str(ours)]) == 2
+        assert "exists and was not written there by the export of" in _one_line(capsys)
