@@ -178,6 +178,43 @@ def candidates_note(manifest: dict) -> str:
     return f"{missing} of {total} queries have no candidates (they count as retrieving nothing)."
 
 
+def retrieval_description(manifest: dict) -> str:
+    """What the ``retrieval`` row ranked: the retriever, its options and the vectors' source.
+
+    Example:
+        >>> retrieval_description({"config": {"retriever": "bm25", "top_k": 100,
+        ...                        "bm25": {"k1": 0.9, "b": 0.4, "rrf_k": 60}}})
+        'Retrieval: BM25 (bm25s; k1 0.9, b 0.4); the top 100 passages per query.'
+    """
+    config = manifest.get("config") or {}
+    bm25 = config.get("bm25") or {}
+    lexical = f"BM25 (bm25s; k1 {bm25.get('k1')}, b {bm25.get('b')})"
+    embedder = (manifest.get("models") or {}).get("embedder") or {}
+    options = embedder.get("options") or {}
+    dense = (
+        f"the exact inner-product top-k of {embedder.get('name') or config.get('embedder')}'s"
+        f" vectors (pooling {options.get('pooling')}, max length {options.get('query_max_length')}"
+        f" for queries and {options.get('passage_max_length')} for passages, query instruction"
+        f" {options.get('query_instruction')!r}, normalized {options.get('normalize')}, stored"
+        f" as {options.get('storage')})"
+    )
+    supplied = [
+        f"{role} vectors supplied from `{config[key]}`"
+        for role, key in (("corpus", "corpus_embeddings"), ("query", "query_embeddings"))
+        if config.get(key)
+    ]
+    if supplied:
+        dense += ", " + " and ".join(supplied)
+    retriever = config.get("retriever", "dense")
+    if retriever == "bm25":
+        text = lexical
+    elif retriever == "hybrid":
+        text = f"reciprocal-rank fusion (k {bm25.get('rrf_k')}) of {lexical} and {dense}"
+    else:
+        text = dense
+    return f"Retrieval: {text}; the top {config.get('top_k')} passages per query."
+
+
 def render_report(metrics: dict, manifest: dict, significance: dict | None = None) -> str:
     """The report's Markdown: metrics (with the significance of each system's differences
     from the baseline), each reranker's effect and depth sweep, models, data and timings."""
@@ -253,6 +290,8 @@ def render_report(metrics: dict, manifest: dict, significance: dict | None = Non
     given = ", ".join(f"{k}={v}" for k, v in sources.items() if v is not None)
     lines += ["", f"Sources: {given}; top-k {config.get('top_k')}.", ""]
     candidates = manifest.get("stages", {}).get("retrieve", {}).get("candidates")
+    if not candidates:
+        lines += [retrieval_description(manifest), ""]
     if candidates:
         lines += [
             f"Retrieval: the candidates in `{candidates['path']}` ({candidates['format']},"
