@@ -353,8 +353,9 @@ def embed_or_reuse(
             parts[name] = {**stats.to_dict(), "reused": False}
             if cache is not None and to_compute[name].content_hash:
                 parts[name]["cached_at"] = cache.store(keys[name], to_compute[name].out)
-    for name in parts:
-        parts[name]["cache_key"] = keys[name]
+    for name, role in ((role.name, role) for role in roles):
+        # Supplied vectors were not computed under the embedder's key: none is recorded.
+        parts[name]["cache_key"] = None if role.supplied else keys[name]
     rows = sum(p["rows"] for p in parts.values())
     wall = time.perf_counter() - started
     return {

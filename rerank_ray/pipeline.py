@@ -429,6 +429,8 @@ class Pipeline:
         # Refused before the stage starts, so the run's last evaluation stays as it was.
         reportable_metrics(self.config.metric_names, self.retrieval_depth())
         systems = self.config.rerank.systems
+        if self.config.rerank.depths and not systems:  # kept in the config for a later reranker
+            log.warning("--rerank-depths are not swept: --reranker is none")
         result: dict = {}
         significance: dict = {}
 

@@ -423,3 +423,16 @@ def test_queries_without_candidates_are_counted_in_the_summary_and_the_report(
     assert f"NOTE: {note}" in printed.splitlines() and note in report.splitlines()
     printed, report = run(["0", "1", "2"], "all")
     assert "no candidates" not in printed and "no candidates" not in report
+
+
+def test_rerank_depths_without_a_reranker_are_said_not_swept(msmarco, tmp_path, capsys):
+    rows = [json.loads(line) for line in (msmarco / "dev.jsonl").open().readlines()[:10]]
+    pids = list(dict.fromkeys(passage_id(text) for row in rows for text in row["positive"]))
+    lines = [f"{q} Q0 {pid} 1 {len(pids) - i} t" for q in "012" for i, pid in enumerate(pids)]
+    path = write_lines(tmp_path / "run.trec", lines)
+    args = ["run", "--dataset", str(msmarco / "dev.jsonl"), "--corpus-rows", "10",
+            "--num-queries", "3", "--candidates", path, "--embedder", NO_EMBEDDER,
+            "--reranker", "none", "--top-k", "5", "--rerank-depths", "2", "--out",
+            str(tmp_path / "r"), "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    assert "--rerank-depths are not swept: --reranker is none" in capsys.readouterr().err

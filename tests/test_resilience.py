@@ -134,6 +134,7 @@ def test_supplied_embeddings_give_the_same_run(first_run, msmarco, tmp_path):
     )  # fmt: skip
     assert run_pipeline(config)["retrieval"] == metrics["retrieval"]
     assert _manifest(run)["stages"]["embed"]["corpus"]["source"] == str(tmp_path / "corpus.parquet")
+    assert _manifest(run)["stages"]["embed"]["corpus"]["cache_key"] is None  # not the embedder's
 
 
 @pytest.mark.parametrize(
