@@ -67,7 +67,7 @@ def load_systems(run_dirs: list[str]) -> tuple[dict, dict]:
     first, first_qrels, taken = None, None, set()
     for run_dir in run_dirs:
         run = RunDirectory(run_dir)
-        recorded = exists(run.manifest_path) and "evaluate" in run.read_manifest()["stages"]
+        recorded = "evaluate" in run.read_manifest().get("stages", {})
         if not recorded or not exists(run.per_query_path):
             raise ConfigError(
                 f"{run.root}: not evaluated (or its evaluate stage was cut short); run"

@@ -68,26 +68,14 @@ def pair_inputs(
     used; otherwise (transformers 5) the ids are decoded with their special tokens kept and
     the text pair tokenized again, as FlagEmbedding's ``prepare_for_model_compat`` does.
     """
+    pair = {"truncation": "only_second", "max_length": max_length, "padding": False}
     prepare = getattr(tokenizer, "prepare_for_model", None)
     if callable(prepare):
-        return prepare(
-            list(query_ids),
-            list(passage_ids),
-            truncation="only_second",
-            max_length=max_length,
-            padding=False,
-        )
+        return prepare(list(query_ids), list(passage_ids), **pair)
 
     def text(ids: Sequence[int]) -> str:
         return tokenizer.decode(
             list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False
         )
 
-    return tokenizer(
-        text(query_ids),
-        text(passage_ids),
-        truncation="only_second",
-        max_length=max_length,
-        padding=False,
-        add_special_tokens=True,
-    )
+    return tokenizer(text(query_ids), text(passage_ids), **pair, add_special_tokens=True)

@@ -23,6 +23,8 @@ class Stage:
     name: str
     reads: tuple[str, ...]
     writes: tuple[str, ...]
+    #: Its outputs stand together: a new run of it removes them all first (none is reused).
+    whole: bool = False
 
 
 #: Every stage in order; each reads only what stages before it wrote in the run directory.
@@ -37,6 +39,7 @@ STAGE_TABLE = {
             "evaluate",
             ("retrieve", "rerank"),
             ("metrics_path", "per_query_path", "significance_path", "report_path", "plot_path"),
+            whole=True,
         ),
     )
 }
